@@ -1,0 +1,71 @@
+"""The append-only, hash-chained audit trail.
+
+Each event's `hash` is sha256 over its canonical content plus the previous event's hash, so
+editing, deleting or reordering any row breaks every link after it (`manage.py audit_verify`).
+On PostgreSQL a trigger also refuses UPDATE and DELETE on the table (migration 0002).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from django.conf import settings
+from django.db import models
+
+
+class AppendOnlyError(Exception):
+    pass
+
+
+class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
+    def update(self, **kwargs: Any) -> NoReturn:
+        raise AppendOnlyError("Audit events cannot be updated.")
+
+    def delete(self) -> NoReturn:  # type: ignore[override]
+        raise AppendOnlyError("Audit events cannot be deleted.")
+
+
+class AuditEvent(models.Model):
+    seq = models.BigIntegerField(unique=True, help_text="Position in the hash chain, from 1.")
+    created_at = models.DateTimeField()
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    actor_label = models.CharField(max_length=150, help_text="Username, or 'system'.")
+    verb = models.CharField(max_length=60)
+    proposal = models.ForeignKey(
+        "proposals.Proposal",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="audit_events",
+    )
+    checkpoint = models.ForeignKey(
+        "proposals.Checkpoint", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    revision = models.PositiveIntegerField(null=True, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    reason = models.TextField(blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["seq"]
+        indexes = [models.Index(fields=["proposal", "seq"], name="audit_proposal_seq_idx")]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.verb} by {self.actor_label}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise AppendOnlyError("Audit events cannot be updated.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise AppendOnlyError("Audit events cannot be deleted.")

@@ -1,0 +1,50 @@
+"""Keyset (cursor) pagination over (sla_due_at, id). No OFFSET, no COUNT: each page is an index
+seek from the last row the client saw, whatever the table's size."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from django.db.models import QuerySet
+from rest_framework.request import Request
+
+from proposals.errors import InvalidInput
+from proposals.models import Proposal
+from proposals.selectors import after_cursor
+
+
+def encode_cursor(proposal: Proposal) -> str:
+    raw = json.dumps([proposal.sla_due_at.isoformat(), str(proposal.pk)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        sla, pk = json.loads(raw)
+        moment = datetime.fromisoformat(sla)
+        if moment.tzinfo is None:
+            raise ValueError("naive")
+        return moment, uuid.UUID(pk)
+    except (ValueError, TypeError, json.JSONDecodeError):
+        raise InvalidInput("Invalid cursor.", details={"cursor": "invalid"}) from None
+
+
+def paginate(
+    request: Request, qs: QuerySet[Proposal], page_size: int, cursor: str | None
+) -> tuple[list[Proposal], str | None]:
+    if cursor:
+        qs = after_cursor(qs, *decode_cursor(cursor))
+    rows = list(qs[: page_size + 1])  # one extra row says whether a next page exists
+    page = rows[:page_size]
+    next_url = None
+    if len(rows) > page_size:
+        params: dict[str, Any] = {k: request.query_params.getlist(k) for k in request.query_params}
+        params["cursor"] = [encode_cursor(page[-1])]
+        next_url = request.build_absolute_uri(request.path) + "?" + urlencode(params, doseq=True)
+    return page, next_url

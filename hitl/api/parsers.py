@@ -1,0 +1,45 @@
+"""A stricter JSON parser: every malformed body is a 400, never a 500 further down."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import JSONParser
+
+
+def _reject_nul(value: Any) -> None:
+    # PostgreSQL text and jsonb cannot hold U+0000; refusing it here keeps it a 400.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ParseError("Strings may not contain the NUL character (\\u0000).")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+class StrictJSONParser(JSONParser):
+    def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        raw = stream.read(limit + 1) if stream is not None else b""
+        if limit is not None and len(raw) > limit:
+            raise ParseError(f"Request body larger than {limit} bytes.")
+        if not raw:
+            return {}
+        try:
+            data = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
+        except (ValueError, RecursionError) as exc:
+            raise ParseError(f"JSON parse error: {exc}") from None
+        _reject_nul(data)
+        return data
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")

@@ -1,0 +1,283 @@
+"""One small view per operation: validate, fetch through a selector that authorizes, call one
+service, render."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from hitl.api import serializers as s
+from hitl.api.errors import error_body
+from hitl.api.idempotency import run_idempotent
+from hitl.api.pagination import paginate
+from proposals import selectors, services
+from proposals.errors import ApplicationError, InvalidInput
+from proposals.models import Proposal, Status
+from proposals.permissions import Access, access_for
+
+
+class BaseView(APIView):
+    _access: Access | None = None
+
+    @property
+    def access(self) -> Access:
+        if self._access is None:
+            self._access = access_for(self.request.user)
+        return self._access
+
+    def detail_response(self, proposal: Proposal, code: int = status.HTTP_200_OK) -> Response:
+        return Response(self.detail_data(proposal), status=code)
+
+    def detail_data(self, proposal: Proposal) -> dict[str, Any]:
+        fresh = selectors.proposal_get(self.access, proposal.pk, with_children=True)
+        return dict(s.ProposalDetailOutputSerializer(fresh, context={"access": self.access}).data)
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+
+
+class CheckpointListView(BaseView):
+    @extend_schema(responses=s.CheckpointOutputSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        checkpoints = selectors.checkpoint_list(self.access)
+        return Response({"results": s.CheckpointOutputSerializer(checkpoints, many=True).data})
+
+
+class CheckpointDetailView(BaseView):
+    @extend_schema(responses=s.CheckpointOutputSerializer)
+    def get(self, request: Request, slug: str) -> Response:
+        checkpoint = selectors.checkpoint_get(self.access, slug)
+        return Response(s.CheckpointOutputSerializer(checkpoint).data)
+
+
+# --- proposals -----------------------------------------------------------------------------
+
+
+def _submit_one(view: BaseView, data: Any, idempotency_key: str | None) -> Proposal:
+    serializer = s.ProposalInputSerializer(data=data)
+    serializer.is_valid(raise_exception=True)
+    fields = dict(serializer.validated_data)
+    slug = fields.pop("checkpoint")
+    try:
+        checkpoint = selectors.checkpoint_get(view.access, slug)
+    except ApplicationError:
+        raise InvalidInput(
+            "Unknown checkpoint.", details={"checkpoint": [f"No checkpoint {slug!r}."]}
+        ) from None
+    return services.proposal_submit(
+        submitter=view.request.user,  # type: ignore[arg-type]
+        checkpoint=checkpoint,
+        data=services.ProposalInput(**fields),
+        idempotency_key=idempotency_key,
+        access=view.access,
+    )
+
+
+class ProposalListCreateView(BaseView):
+    @extend_schema(
+        parameters=[s.ProposalListQuerySerializer],
+        responses=s.ProposalOutputSerializer(many=True),
+    )
+    def get(self, request: Request) -> Response:
+        query = s.ProposalListQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        q = query.validated_data
+        labels: dict[str, str] = {}
+        for item in q.get("label", []):
+            key, sep, value = item.partition(":")
+            if not sep or not key:
+                raise InvalidInput("Labels filter as key:value.", details={"label": item})
+            labels[key] = value
+        filters = selectors.ProposalFilters(
+            status=_csv(q.get("status")),
+            checkpoint=q.get("checkpoint"),
+            region=q.get("region"),
+            priority=_csv(q.get("priority")),
+            labels=labels,
+            reviewable_by_me=q.get("reviewable") == "me",
+            submitted_by_me=q.get("submitted") == "me",
+            external_id=q.get("external_id"),
+        )
+        qs = selectors.proposal_list(self.access, filters)
+        page, next_url = paginate(
+            request, qs, q.get("page_size", settings.HITL_PAGE_SIZE), q.get("cursor")
+        )
+        return Response(
+            {"results": s.ProposalOutputSerializer(page, many=True).data, "next": next_url}
+        )
+
+    @extend_schema(
+        request=s.ProposalInputSerializer,
+        responses={201: s.ProposalDetailOutputSerializer},
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
+    )
+    def post(self, request: Request) -> Response:
+        def submit(key: str | None) -> tuple[int, dict[str, Any]]:
+            proposal = _submit_one(self, request.data, key)
+            return status.HTTP_201_CREATED, self.detail_data(proposal)
+
+        return run_idempotent(request, "proposals.submit", submit)
+
+
+class ProposalBulkView(BaseView):
+    @extend_schema(request=s.BulkInputSerializer)
+    def post(self, request: Request) -> Response:
+        body = s.BulkInputSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        items = body.validated_data["proposals"]
+        if len(items) > settings.HITL_BULK_MAX:
+            raise InvalidInput(f"At most {settings.HITL_BULK_MAX} proposals per request.")
+
+        def submit_all(key: str | None) -> tuple[int, dict[str, Any]]:
+            results = []
+            for index, item in enumerate(items):
+                try:
+                    # Each item in its own savepoint: one bad item never undoes the others.
+                    with transaction.atomic():
+                        proposal = _submit_one(self, item, f"{key}:{index}" if key else None)
+                    results.append({"index": index, "status": 201,
+                                    "proposal": s.ProposalOutputSerializer(proposal).data})
+                except ApplicationError as exc:
+                    results.append({"index": index, "status": exc.status_code,
+                                    **error_body(exc.code, exc.message, exc.details)})
+                except Exception as exc:  # DRF ValidationError and friends
+                    from hitl.api.errors import exception_handler
+
+                    response = exception_handler(exc, {})
+                    if response is None:
+                        raise
+                    results.append({"index": index, "status": response.status_code,
+                                    **response.data})
+            return status.HTTP_200_OK, {"results": results}
+
+        return run_idempotent(request, "proposals.bulk", submit_all)
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [part for part in value.split(",") if part] if value else None
+
+
+class ProposalDetailView(BaseView):
+    @extend_schema(responses=s.ProposalDetailOutputSerializer)
+    def get(self, request: Request, proposal_id: str) -> Response:
+        proposal = selectors.proposal_get(self.access, proposal_id, with_children=True)
+        return Response(
+            s.ProposalDetailOutputSerializer(proposal, context={"access": self.access}).data
+        )
+
+
+class ProposalWaitView(BaseView):
+    POLL_SECONDS = 0.5
+
+    @extend_schema(
+        parameters=[OpenApiParameter("timeout", int, description="seconds, at most 60")],
+        responses=s.ProposalDetailOutputSerializer,
+    )
+    def get(self, request: Request, proposal_id: str) -> Response:
+        raw = request.query_params.get("timeout", "30")
+        try:
+            timeout = float(raw)
+        except ValueError:
+            raise InvalidInput("timeout must be a number of seconds.") from None
+        if not 0 <= timeout <= settings.HITL_WAIT_MAX_SECONDS:
+            raise InvalidInput(f"timeout must be between 0 and {settings.HITL_WAIT_MAX_SECONDS}.")
+        proposal = selectors.proposal_get(self.access, proposal_id)
+        deadline = time.monotonic() + timeout
+        # A cheap indexed read per tick; live updates over Channels will replace the polling.
+        while proposal.status == Status.PENDING and time.monotonic() < deadline:
+            time.sleep(min(self.POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+            current = Proposal.objects.filter(pk=proposal.pk).values_list("status", flat=True)
+            if current.first() != Status.PENDING:
+                break
+        return self.detail_response(proposal)
+
+
+class VoteCreateView(BaseView):
+    @extend_schema(request=s.VoteInputSerializer, responses={201: s.ProposalDetailOutputSerializer})
+    def post(self, request: Request, proposal_id: str) -> Response:
+        selectors.proposal_get(self.access, proposal_id)  # 404 before 400 for the unseen
+        body = s.VoteInputSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        proposal, vote = services.vote_cast(
+            proposal_id=proposal_id,
+            reviewer=request.user,  # type: ignore[arg-type]
+            access=self.access,
+            **body.validated_data,
+        )
+        data = self.detail_data(proposal)
+        data["vote"] = s.VoteOutputSerializer(vote).data
+        return Response(data, status=status.HTTP_201_CREATED)
+
+
+class RevisionCreateView(BaseView):
+    @extend_schema(request=s.ReviseInputSerializer, responses={201: s.ProposalDetailOutputSerializer})
+    def post(self, request: Request, proposal_id: str) -> Response:
+        selectors.proposal_get(self.access, proposal_id)
+        body = s.ReviseInputSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        proposal = services.proposal_revise(
+            proposal_id=proposal_id,
+            actor=request.user,  # type: ignore[arg-type]
+            access=self.access,
+            **body.validated_data,
+        )
+        return self.detail_response(proposal, status.HTTP_201_CREATED)
+
+
+class CancelView(BaseView):
+    @extend_schema(request=s.ReasonInputSerializer, responses=s.ProposalDetailOutputSerializer)
+    def post(self, request: Request, proposal_id: str) -> Response:
+        selectors.proposal_get(self.access, proposal_id)
+        body = s.ReasonInputSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        proposal = services.proposal_cancel(
+            proposal_id=proposal_id, actor=request.user, access=self.access,  # type: ignore[arg-type]
+            reason=body.validated_data["reason"],
+        )
+        return self.detail_response(proposal)
+
+
+class RevokeView(BaseView):
+    @extend_schema(request=s.ReasonInputSerializer, responses=s.ProposalDetailOutputSerializer)
+    def post(self, request: Request, proposal_id: str) -> Response:
+        selectors.proposal_get(self.access, proposal_id)
+        body = s.ReasonInputSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        proposal = services.proposal_revoke(
+            proposal_id=proposal_id, actor=request.user, access=self.access,  # type: ignore[arg-type]
+            reason=body.validated_data["reason"],
+        )
+        return self.detail_response(proposal)
+
+
+class ClaimView(BaseView):
+    @extend_schema(request=None, responses=s.ProposalDetailOutputSerializer)
+    def post(self, request: Request, proposal_id: str) -> Response:
+        selectors.proposal_get(self.access, proposal_id)
+        proposal = services.proposal_claim(
+            proposal_id=proposal_id, actor=request.user, access=self.access  # type: ignore[arg-type]
+        )
+        return self.detail_response(proposal)
+
+    @extend_schema(request=None, responses=s.ProposalDetailOutputSerializer)
+    def delete(self, request: Request, proposal_id: str) -> Response:
+        selectors.proposal_get(self.access, proposal_id)
+        proposal = services.proposal_release(
+            proposal_id=proposal_id, actor=request.user, access=self.access  # type: ignore[arg-type]
+        )
+        return self.detail_response(proposal)
+
+
+class EventListView(BaseView):
+    @extend_schema(responses=s.AuditEventOutputSerializer(many=True))
+    def get(self, request: Request, proposal_id: str) -> Response:
+        events = selectors.proposal_events(self.access, proposal_id)
+        return Response({"results": s.AuditEventOutputSerializer(events, many=True).data})

@@ -1,0 +1,693 @@
+"""The only code that changes proposals.
+
+`transition` is the one place a status changes: it checks `TRANSITIONS`, saves, writes the
+audit event and the outbox row, all inside the caller's transaction and under the row lock.
+The public services (`proposal_submit`, `vote_cast`, `proposal_revise`, `proposal_cancel`,
+`proposal_revoke`, `proposal_claim`, `proposal_release`) validate, lock, and call it.
+
+Locking order, everywhere: the proposal row (FOR NO KEY UPDATE, so foreign-key checks from
+other transactions don't queue behind it) first, the audit chain lock last. Whoever holds the
+chain lock therefore never waits on a proposal row, and appenders cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import jsonpatch
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from audit.services import audit_record, canonical_json
+from notifications.services import outbox_emit
+from proposals import policy
+from proposals.errors import (
+    AlreadyVoted,
+    ClaimedByOther,
+    Conflict,
+    InvalidTransition,
+    NotFound,
+    PermissionDenied,
+    StaleRevision,
+    Unprocessable,
+)
+from proposals.models import (
+    OPEN_STATUSES,
+    TRANSITIONS,
+    Action,
+    Checkpoint,
+    Decision,
+    Proposal,
+    Resolution,
+    Revision,
+    RevisionKind,
+    Status,
+    Vote,
+    option_by_key,
+)
+from proposals.permissions import SUBMIT, Access, access_for, eligible_reviewers
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+    User = AbstractBaseUser
+
+ACTION_VERBS = {
+    Action.APPROVE: "proposal.approved",
+    Action.REJECT: "proposal.rejected",
+    Action.REQUEST_CHANGES: "proposal.changes_requested",
+    Action.REVISE: "proposal.revised",
+    Action.CANCEL: "proposal.cancelled",
+    Action.REVOKE: "proposal.revoked",
+}
+
+
+def payload_hash(payload: Any) -> str:
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+# --- the transition function ---------------------------------------------------------------
+
+
+def lock_proposal(proposal_id: Any) -> Proposal:
+    """Fetch and lock a proposal for the rest of the transaction. Precondition: atomic."""
+    try:
+        proposal = (
+            Proposal.objects.select_for_update(no_key=True, of=("self",))
+            .select_related("checkpoint")
+            .get(pk=proposal_id)
+        )
+    except (Proposal.DoesNotExist, ValueError, TypeError):
+        raise NotFound("Proposal not found.") from None
+    proposal._hitl_locked = True  # type: ignore[attr-defined]
+    return proposal
+
+
+def transition(
+    proposal: Proposal,
+    action: str,
+    *,
+    actor: User | None,
+    resolution: str = "",
+    reason: str = "",
+    data: dict[str, Any] | None = None,
+    **changes: Any,
+) -> Proposal:
+    """Apply `action` to a locked proposal.
+
+    Preconditions: inside `transaction.atomic()`; `proposal` came from `lock_proposal` (or was
+    created in this same transaction). Raises InvalidTransition (409) when TRANSITIONS has no
+    entry for (status, action): the loser of every race ends here.
+    """
+    if not getattr(proposal, "_hitl_locked", False):
+        raise RuntimeError("transition() needs a proposal locked by lock_proposal().")
+    target = TRANSITIONS[proposal.status].get(action)
+    if target is None:
+        raise InvalidTransition(
+            f"Cannot {action.replace('_', ' ')} a proposal that is {proposal.status}.",
+            details={"status": proposal.status, "action": action},
+        )
+    now = timezone.now()
+    previous = proposal.status
+    proposal.status = target
+    proposal.resolution = "" if target in OPEN_STATUSES else resolution
+    if target not in OPEN_STATUSES:
+        if not proposal.resolution:
+            raise ValueError("A terminal transition needs a resolution.")
+        proposal.decided_at = now
+        proposal.claimed_by = None
+        proposal.claimed_until = None
+    if target == Status.APPROVED and "approved_payload" not in changes:
+        proposal.approved_payload = proposal.payload
+    for name, value in changes.items():
+        setattr(proposal, name, value)
+    proposal.updated_at = now
+    proposal._history_user = actor  # type: ignore[attr-defined]
+    proposal.save(
+        update_fields=[
+            "status",
+            "resolution",
+            "decided_at",
+            "claimed_by",
+            "claimed_until",
+            "approved_payload",
+            "updated_at",
+            *changes.keys(),
+        ]
+    )
+    verb = ACTION_VERBS[Action(action)]
+    event_data = {"from": previous, "to": target, "resolution": proposal.resolution, **(data or {})}
+    outbox_emit(verb, proposal=proposal, data={"reason": reason})
+    audit_record(
+        verb=verb,
+        actor=actor,
+        proposal=proposal,
+        revision=proposal.revision,
+        data=event_data,
+        reason=reason,
+    )
+    return proposal
+
+
+def _record(
+    proposal: Proposal, verb: str, *, actor: User | None, data: dict[str, Any], reason: str = ""
+) -> None:
+    """An event that changes no status (vote cast, edit, claim): outbox row, then audit."""
+    outbox_emit(verb, proposal=proposal, data=data)
+    audit_record(
+        verb=verb, actor=actor, proposal=proposal, revision=proposal.revision, data=data,
+        reason=reason,
+    )
+
+
+# --- submit --------------------------------------------------------------------------------
+
+
+@dataclass
+class ProposalInput:
+    title: str
+    payload: dict[str, Any]
+    summary: str = ""
+    options: list[dict[str, Any]] = field(default_factory=list)
+    context: dict[str, Any] = field(default_factory=dict)
+    confidence: float | None = None
+    priority: str = "medium"
+    impact: Decimal | None = None
+    region: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    external_id: str = ""
+    callback_url: str = ""
+
+
+def _validate_options(options: list[dict[str, Any]]) -> None:
+    keys = [option.get("key") for option in options]
+    if len(set(keys)) != len(keys):
+        raise Unprocessable("Option keys must be unique.", details={"options": keys})
+
+
+def _policy_option(options: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The option a policy approval takes: the most confident one, the first on ties."""
+    if not options:
+        return None
+    return max(options, key=lambda o: o.get("confidence") or 0)
+
+
+def bypass_active(checkpoint: Checkpoint, now: Any) -> bool:
+    return checkpoint.bypass_until is not None and checkpoint.bypass_until > now
+
+
+def proposal_submit(
+    *,
+    submitter: User,
+    checkpoint: Checkpoint,
+    data: ProposalInput,
+    idempotency_key: str | None = None,
+    access: Access | None = None,
+) -> Proposal:
+    """Create a proposal and route it.
+
+    Returns it `pending`, or already `approved`/`rejected` when policy (or a disabled
+    checkpoint, or an active bypass) decided. Raises PermissionDenied without the submit
+    permission on the checkpoint.
+    """
+    access = access or access_for(submitter)
+    if not access.has(SUBMIT, checkpoint.pk):
+        raise PermissionDenied(f"You may not submit to checkpoint {checkpoint.slug!r}.")
+    _validate_options(data.options)
+    now = timezone.now()
+    due = policy.deadlines(
+        start=now,
+        priority=data.priority,
+        timeout_seconds=checkpoint.timeout_seconds,
+        sla_seconds=checkpoint.sla_seconds,
+    )
+    with transaction.atomic():
+        eligible = eligible_reviewers(checkpoint, exclude_user_id=submitter.pk).count()
+        proposal = Proposal(
+            id=uuid.uuid4(),
+            checkpoint=checkpoint,
+            title=data.title,
+            summary=data.summary,
+            payload=data.payload,
+            options=data.options,
+            context=data.context,
+            confidence=data.confidence,
+            priority=data.priority,
+            impact=data.impact,
+            region=data.region,
+            labels=data.labels,
+            external_id=data.external_id,
+            callback_url=data.callback_url,
+            submitted_by=submitter,
+            idempotency_key=idempotency_key,
+            status=Status.PENDING,
+            revision=1,
+            eligible_reviewers=eligible,
+            quorum_required=policy.required_approvals(
+                checkpoint.quorum_rule, checkpoint.quorum_count, eligible
+            ),
+            due_at=due.due_at,
+            sla_due_at=due.sla_due_at,
+            created_at=now,
+            updated_at=now,
+        )
+        proposal._history_user = submitter  # type: ignore[attr-defined]
+        proposal.save(force_insert=True)
+        # Created in this transaction: invisible to everyone else, so as good as locked.
+        proposal._hitl_locked = True  # type: ignore[attr-defined]
+        Revision.objects.create(
+            proposal=proposal,
+            number=1,
+            kind=RevisionKind.SUBMITTED,
+            payload=data.payload,
+            payload_hash=payload_hash(data.payload),
+            summary=data.summary,
+            author=submitter,
+            created_at=now,
+        )
+        decision = policy.route(
+            proposal_id=str(proposal.pk),
+            payload=data.payload,
+            confidence=data.confidence,
+            enabled=checkpoint.enabled,
+            bypass_active=bypass_active(checkpoint, now),
+            auto_approve_at=checkpoint.auto_approve_at,
+            auto_reject_below=checkpoint.auto_reject_below,
+            review_when=checkpoint.review_when,
+            sample_rate=checkpoint.sample_rate,
+        )
+        _record(
+            proposal,
+            "proposal.submitted",
+            actor=submitter,
+            data={"routing": decision.outcome, "routing_reason": decision.reason,
+                  "payload_hash": payload_hash(data.payload)},
+        )
+        if decision.outcome == "approve":
+            option = _policy_option(data.options)
+            changes: dict[str, Any] = {}
+            if option is not None:
+                changes = {"approved_payload": option.get("payload"),
+                           "selected_option": option["key"]}
+            transition(
+                proposal, Action.APPROVE, actor=None, resolution=decision.resolution,
+                reason=decision.reason, **changes,
+            )
+        elif decision.outcome == "reject":
+            transition(
+                proposal, Action.REJECT, actor=None, resolution=decision.resolution,
+                reason=decision.reason,
+            )
+    return proposal
+
+
+# --- votes ---------------------------------------------------------------------------------
+
+
+def _merge(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge recursively, null deletes, the rest replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge(result.get(key), value)
+    return result
+
+
+def _edited_payload(
+    payload: dict[str, Any], patch: list[dict[str, Any]] | None, adjustments: dict[str, Any] | None
+) -> dict[str, Any]:
+    if patch is not None and adjustments is not None:
+        raise Unprocessable("Send either `patch` or `adjustments`, not both.")
+    if adjustments is not None:
+        edited = _merge(payload, adjustments)
+    else:
+        try:
+            edited = jsonpatch.apply_patch(payload, patch or [], in_place=False)
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError) as exc:
+            raise Unprocessable(
+                f"The patch does not apply: {exc}", details={"patch": patch}
+            ) from None
+    if not isinstance(edited, dict):
+        raise Unprocessable("The edited payload must stay a JSON object.")
+    return edited
+
+
+def _require_reason(checkpoint: Checkpoint, decision: str, reason: str) -> None:
+    if decision in (checkpoint.require_reason_on or []) and not reason.strip():
+        raise Unprocessable(
+            f"A reason is required to {decision.replace('_', ' ')} at this checkpoint.",
+            details={"comment": "required"},
+        )
+
+
+def _tally(proposal: Proposal) -> tuple[int, int, int, str]:
+    """(approvals for the leading option, rejections, change requests, leading option key)
+    over the current revision's votes."""
+    rows = (
+        Vote.objects.filter(proposal=proposal, revision=proposal.revision)
+        .values("decision", "selected_option")
+        .annotate(n=Count("id"))
+    )
+    approvals_by_option: dict[str, int] = {}
+    rejections = changes = 0
+    for row in rows:
+        if row["decision"] == Decision.APPROVE:
+            approvals_by_option[row["selected_option"]] = (
+                approvals_by_option.get(row["selected_option"], 0) + row["n"]
+            )
+        elif row["decision"] == Decision.REJECT:
+            rejections += row["n"]
+        else:
+            changes += row["n"]
+    leading = max(approvals_by_option.items(), key=lambda kv: kv[1], default=("", 0))
+    return leading[1], rejections, changes, leading[0]
+
+
+def vote_cast(
+    *,
+    proposal_id: Any,
+    reviewer: User,
+    decision: str,
+    revision: int,
+    comment: str = "",
+    selected_option: str = "",
+    patch: list[dict[str, Any]] | None = None,
+    adjustments: dict[str, Any] | None = None,
+    access: Access | None = None,
+) -> tuple[Proposal, Vote]:
+    """Record one reviewer's vote on the revision they saw, then settle the quorum.
+
+    Everything happens under the proposal's row lock, so of any number of racing votes
+    exactly one causes the terminal transition; later ones get 409 (decided, or stale).
+    """
+    access = access or access_for(reviewer)
+    with transaction.atomic():
+        proposal = lock_proposal(proposal_id)
+        checkpoint = proposal.checkpoint
+        if access.is_submitter(proposal):
+            raise PermissionDenied("The submitter cannot vote on its own proposal.")
+        if not access.may_review(proposal):
+            if access.may_view(proposal):
+                raise PermissionDenied("You are not an eligible reviewer of this proposal.")
+            raise NotFound("Proposal not found.")
+        if proposal.status != Status.PENDING:
+            raise InvalidTransition(
+                f"The proposal is {proposal.status}; votes are closed.",
+                details={"status": proposal.status},
+            )
+        if revision != proposal.revision:
+            raise StaleRevision(
+                f"You reviewed revision {revision}; the current revision is {proposal.revision}.",
+                details={"revision": proposal.revision},
+            )
+        _require_reason(checkpoint, decision, comment)
+
+        if decision != Decision.APPROVE and (selected_option or patch or adjustments):
+            raise Unprocessable("Only an approve vote may select an option or edit the payload.")
+        if decision == Decision.APPROVE and proposal.options:
+            if option_by_key(proposal.options, selected_option) is None:
+                raise Unprocessable(
+                    "Approving this proposal means choosing one of its options.",
+                    details={"selected_option": [o.get("key") for o in proposal.options]},
+                )
+            if patch is not None or adjustments is not None:
+                raise Unprocessable("Proposals with options cannot be edited; pick an option.")
+        elif selected_option:
+            raise Unprocessable("This proposal has no options to select.")
+
+        if Vote.objects.filter(
+            proposal=proposal, revision=proposal.revision, reviewer=reviewer
+        ).exists():
+            raise AlreadyVoted("You have already voted on this revision.")
+
+        now = timezone.now()
+        if patch is not None or adjustments is not None:
+            _apply_reviewer_edit(proposal, reviewer, patch, adjustments, comment, now)
+
+        try:
+            with transaction.atomic():
+                vote = Vote.objects.create(
+                    proposal=proposal,
+                    revision=proposal.revision,
+                    reviewer=reviewer,
+                    decision=decision,
+                    comment=comment,
+                    selected_option=selected_option,
+                    created_at=now,
+                )
+        except IntegrityError:  # the constraint is the backstop for the check above
+            raise AlreadyVoted("You have already voted on this revision.") from None
+        _record(
+            proposal,
+            "proposal.vote_cast",
+            actor=reviewer,
+            data={"decision": decision, "selected_option": selected_option, "vote_id": vote.pk},
+            reason=comment,
+        )
+        _settle(proposal, reviewer, comment)
+    return proposal, vote
+
+
+def _apply_reviewer_edit(
+    proposal: Proposal,
+    reviewer: User,
+    patch: list[dict[str, Any]] | None,
+    adjustments: dict[str, Any] | None,
+    comment: str,
+    now: Any,
+) -> None:
+    """Edit-then-approve: a reviewer-authored revision with the diff. The other reviewers'
+    votes were for the old revision, so they stop counting (reset) by construction."""
+    before = proposal.payload
+    after = _edited_payload(before, patch, adjustments)
+    diff = jsonpatch.make_patch(before, after).patch
+    if not diff:
+        raise Unprocessable("The edit changes nothing; approve without a patch instead.")
+    proposal.revision += 1
+    proposal.payload = after
+    proposal.updated_at = now
+    proposal._history_user = reviewer  # type: ignore[attr-defined]
+    proposal.save(update_fields=["revision", "payload", "updated_at"])
+    Revision.objects.create(
+        proposal=proposal,
+        number=proposal.revision,
+        kind=RevisionKind.EDITED,
+        payload=after,
+        payload_hash=payload_hash(after),
+        author=reviewer,
+        patch=diff,
+        reason=comment,
+        created_at=now,
+    )
+    _record(proposal, "proposal.edited", actor=reviewer, data={"patch": diff}, reason=comment)
+
+
+def _settle(proposal: Proposal, reviewer: User, comment: str) -> None:
+    approvals, rejections, changes, leading_option = _tally(proposal)
+    outcome = policy.evaluate_quorum(
+        required=proposal.quorum_required,
+        veto=proposal.checkpoint.veto,
+        eligible=proposal.eligible_reviewers,
+        approvals=approvals,
+        rejections=rejections,
+        changes_requested=changes,
+    )
+    if outcome == "approved":
+        changes_: dict[str, Any] = {}
+        if proposal.options:
+            option = option_by_key(proposal.options, leading_option)
+            changes_ = {"approved_payload": option["payload"] if option else None,
+                        "selected_option": leading_option}
+        transition(
+            proposal, Action.APPROVE, actor=reviewer, resolution=Resolution.REVIEWERS,
+            reason=comment, **changes_,
+        )
+    elif outcome == "rejected":
+        transition(
+            proposal, Action.REJECT, actor=reviewer, resolution=Resolution.REVIEWERS,
+            reason=comment,
+        )
+    elif outcome == "changes_requested":
+        resubmissions = Revision.objects.filter(
+            proposal=proposal, kind=RevisionKind.RESUBMITTED
+        ).count()
+        if resubmissions >= proposal.checkpoint.max_revisions:
+            transition(
+                proposal, Action.REJECT, actor=reviewer, resolution=Resolution.REVIEWERS,
+                reason=comment, data={"max_revisions_reached": True},
+            )
+        else:
+            transition(proposal, Action.REQUEST_CHANGES, actor=reviewer, reason=comment)
+
+
+# --- the submitter's side ------------------------------------------------------------------
+
+
+def proposal_revise(
+    *,
+    proposal_id: Any,
+    actor: User,
+    payload: dict[str, Any],
+    summary: str = "",
+    comment: str = "",
+    access: Access | None = None,
+) -> Proposal:
+    """A new revision from the submitter while `changes_requested`; back to `pending` with a
+    fresh timeout. Votes on earlier revisions no longer count."""
+    access = access or access_for(actor)
+    with transaction.atomic():
+        proposal = lock_proposal(proposal_id)
+        if not access.is_submitter(proposal):
+            if access.may_view(proposal):
+                raise PermissionDenied("Only the submitter can revise a proposal.")
+            raise NotFound("Proposal not found.")
+        if proposal.status != Status.CHANGES_REQUESTED:
+            raise InvalidTransition(
+                f"Cannot revise a proposal that is {proposal.status}.",
+                details={"status": proposal.status},
+            )
+        now = timezone.now()
+        diff = jsonpatch.make_patch(proposal.payload, payload).patch
+        number = proposal.revision + 1
+        Revision.objects.create(
+            proposal=proposal,
+            number=number,
+            kind=RevisionKind.RESUBMITTED,
+            payload=payload,
+            payload_hash=payload_hash(payload),
+            summary=summary,
+            author=actor,
+            patch=diff,
+            reason=comment,
+            created_at=now,
+        )
+        timeout = proposal.checkpoint.timeout_seconds
+        changes: dict[str, Any] = {
+            "payload": payload,
+            "revision": number,
+            "due_at": now + timedelta(seconds=timeout) if timeout else None,
+        }
+        if summary:
+            changes["summary"] = summary
+        transition(
+            proposal, Action.REVISE, actor=actor, reason=comment, data={"patch": diff}, **changes
+        )
+    return proposal
+
+
+def proposal_cancel(
+    *, proposal_id: Any, actor: User, reason: str = "", access: Access | None = None
+) -> Proposal:
+    """Withdraw an open proposal: its submitter or a manager."""
+    access = access or access_for(actor)
+    with transaction.atomic():
+        proposal = lock_proposal(proposal_id)
+        if not (access.is_submitter(proposal) or access.may_manage(proposal)):
+            if access.may_view(proposal):
+                raise PermissionDenied("Only the submitter or a manager can cancel.")
+            raise NotFound("Proposal not found.")
+        transition(
+            proposal, Action.CANCEL, actor=actor, resolution=Resolution.CANCELLED, reason=reason
+        )
+    return proposal
+
+
+def proposal_revoke(
+    *, proposal_id: Any, actor: User, reason: str, access: Access | None = None
+) -> Proposal:
+    """Turn an approval into a rejection inside the checkpoint's revocation window: a manager,
+    or a reviewer who approved it."""
+    access = access or access_for(actor)
+    if not reason.strip():
+        raise Unprocessable("A reason is required to revoke.", details={"reason": "required"})
+    with transaction.atomic():
+        proposal = lock_proposal(proposal_id)
+        approved_it = Vote.objects.filter(
+            proposal=proposal, reviewer_id=access.user_id, decision=Decision.APPROVE
+        ).exists()
+        if not (access.may_manage(proposal) or (approved_it and access.may_review(proposal))):
+            if access.may_view(proposal):
+                raise PermissionDenied("Only a manager or an approver can revoke.")
+            raise NotFound("Proposal not found.")
+        if proposal.status == Status.APPROVED and not policy.revocable(
+            decided_at=proposal.decided_at,
+            window_seconds=proposal.checkpoint.revocation_window_seconds,
+            now=timezone.now(),
+        ):
+            raise Conflict(
+                "The revocation window has closed.",
+                details={"window_seconds": proposal.checkpoint.revocation_window_seconds},
+            )
+        transition(
+            proposal, Action.REVOKE, actor=actor, resolution=Resolution.REVOKED, reason=reason
+        )
+    return proposal
+
+
+# --- claims --------------------------------------------------------------------------------
+
+
+def proposal_claim(*, proposal_id: Any, actor: User, access: Access | None = None) -> Proposal:
+    """Take (or extend) a soft lease on an open proposal so two reviewers don't both work it.
+    A lease held by someone else and not yet expired is a 409."""
+    access = access or access_for(actor)
+    with transaction.atomic():
+        proposal = lock_proposal(proposal_id)
+        if not access.may_review(proposal):
+            if access.may_view(proposal):
+                raise PermissionDenied("Only an eligible reviewer can claim this proposal.")
+            raise NotFound("Proposal not found.")
+        if not proposal.is_open:
+            raise InvalidTransition(f"The proposal is {proposal.status}; nothing to claim.")
+        now = timezone.now()
+        if (
+            proposal.claimed_by_id not in (None, actor.pk)
+            and proposal.claimed_until is not None
+            and proposal.claimed_until > now
+        ):
+            raise ClaimedByOther(
+                "Another reviewer holds this proposal.",
+                details={"claimed_until": proposal.claimed_until.isoformat()},
+            )
+        proposal.claimed_by = actor
+        proposal.claimed_until = now + timedelta(seconds=settings.HITL_CLAIM_SECONDS)
+        proposal.updated_at = now
+        proposal._history_user = actor  # type: ignore[attr-defined]
+        proposal.save(update_fields=["claimed_by", "claimed_until", "updated_at"])
+        _record(
+            proposal, "proposal.claimed", actor=actor,
+            data={"claimed_until": proposal.claimed_until.isoformat()},
+        )
+    return proposal
+
+
+def proposal_release(*, proposal_id: Any, actor: User, access: Access | None = None) -> Proposal:
+    """Give up a lease: its holder or a manager. Releasing what is not held is a no-op."""
+    access = access or access_for(actor)
+    with transaction.atomic():
+        proposal = lock_proposal(proposal_id)
+        if not access.may_view(proposal):
+            raise NotFound("Proposal not found.")
+        if proposal.claimed_by_id is None:
+            return proposal
+        if proposal.claimed_by_id != actor.pk and not access.may_manage(proposal):
+            raise PermissionDenied("Only the holder or a manager can release a claim.")
+        proposal.claimed_by = None
+        proposal.claimed_until = None
+        proposal.updated_at = timezone.now()
+        proposal._history_user = actor  # type: ignore[attr-defined]
+        proposal.save(update_fields=["claimed_by", "claimed_until", "updated_at"])
+        _record(proposal, "proposal.released", actor=actor, data={})
+    return proposal
+
