@@ -1,0 +1,74 @@
+"""Shared fixtures: named personas around one checkpoint, and API clients that authenticate
+the way integrators and reviewers do (bearer keys)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from guardian.shortcuts import assign_perm
+from rest_framework.test import APIClient
+
+from proposals.models import Checkpoint
+from proposals.permissions import MANAGE, REVIEW
+from tests.factories import (
+    CheckpointFactory,
+    GroupFactory,
+    UserFactory,
+    make_service_account,
+    token_for,
+)
+
+
+@dataclass
+class World:
+    checkpoint: Checkpoint
+    other_checkpoint: Checkpoint
+    submitter: Any  # service account with submit on `checkpoint`
+    reviewer: Any  # in the approver group of `checkpoint`
+    reviewer2: Any  # in the approver group of `checkpoint`
+    other_reviewer: Any  # reviews `other_checkpoint` only: non-eligible here
+    manager: Any  # manage_checkpoint on `checkpoint`
+    outsider: Any  # authenticated, no grants at all
+
+
+@pytest.fixture
+def world(db: None) -> World:
+    checkpoint = CheckpointFactory(slug="inspection-schedule")
+    other = CheckpointFactory(slug="elsewhere")
+    approvers = GroupFactory(name="approvers")
+    other_approvers = GroupFactory(name="other-approvers")
+    assign_perm(REVIEW, approvers, checkpoint)
+    assign_perm(REVIEW, other_approvers, other)
+    reviewer = UserFactory(username="rita")
+    reviewer2 = UserFactory(username="raj")
+    reviewer.groups.add(approvers)
+    reviewer2.groups.add(approvers)
+    other_reviewer = UserFactory(username="olga")
+    other_reviewer.groups.add(other_approvers)
+    manager = UserFactory(username="mona")
+    assign_perm(MANAGE, manager, checkpoint)
+    return World(
+        checkpoint=checkpoint,
+        other_checkpoint=other,
+        submitter=make_service_account("agent-smith", checkpoint),
+        reviewer=reviewer,
+        reviewer2=reviewer2,
+        other_reviewer=other_reviewer,
+        manager=manager,
+        outsider=UserFactory(username="otto"),
+    )
+
+
+@pytest.fixture
+def client_for() -> Any:
+    """client_for(user) -> an APIClient sending that user's fresh bearer key."""
+
+    def make(user: Any | None) -> APIClient:
+        client = APIClient()
+        if user is not None:
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {token_for(user)}")
+        return client
+
+    return make
