@@ -42,7 +42,9 @@ class ApiKey(models.Model):
     class Meta:
         verbose_name = "API key"
         indexes = [
-            models.Index(fields=["user"], condition=Q(revoked_at__isnull=True), name="apikey_live_idx")
+            models.Index(
+                fields=["user"], condition=Q(revoked_at__isnull=True), name="apikey_live_idx"
+            )
         ]
 
     def __str__(self) -> str:

@@ -114,7 +114,9 @@ class Checkpoint(models.Model):
     )
     mode = models.CharField(max_length=4, choices=Mode.choices, default=Mode.PRE)
 
-    quorum_rule = models.CharField(max_length=10, choices=QuorumRule.choices, default=QuorumRule.ANY)
+    quorum_rule = models.CharField(
+        max_length=10, choices=QuorumRule.choices, default=QuorumRule.ANY
+    )
     quorum_count = models.PositiveSmallIntegerField(default=1)
     veto = models.BooleanField(default=True, help_text="One reject ends the review.")
 
@@ -263,7 +265,9 @@ class Proposal(models.Model):
             ),
             # Timer sweeps find due work without touching decided rows.
             models.Index(
-                fields=["due_at"], condition=Q(status__in=OPEN_STATUSES), name="proposal_open_due_idx"
+                fields=["due_at"],
+                condition=Q(status__in=OPEN_STATUSES),
+                name="proposal_open_due_idx",
             ),
             models.Index(fields=["checkpoint", "sla_due_at", "id"], name="proposal_cp_sla_idx"),
             models.Index(fields=["submitted_by", "sla_due_at", "id"], name="proposal_sub_sla_idx"),

@@ -141,8 +141,10 @@ def eligible_reviewers(checkpoint: Checkpoint, *, exclude_user_id: int | None) -
     via_group = GroupObjectPermission.objects.filter(
         content_type=content_type, object_pk=str(checkpoint.pk), permission__codename=REVIEW
     ).values("group_id")
-    users = get_user_model().objects.filter(is_active=True).filter(
-        Q(pk__in=direct) | Q(groups__in=via_group)
+    users = (
+        get_user_model()
+        .objects.filter(is_active=True)
+        .filter(Q(pk__in=direct) | Q(groups__in=via_group))
     )
     if exclude_user_id is not None:
         users = users.exclude(pk=exclude_user_id)
@@ -157,7 +159,9 @@ def groups_with(checkpoint: Checkpoint, codename: str) -> QuerySet[Group]:
     return Group.objects.filter(pk__in=[g.pk for g, perms in groups.items() if codename in perms])
 
 
-def set_groups(checkpoint: Checkpoint, codename: str, groups: list[Group] | QuerySet[Group]) -> None:
+def set_groups(
+    checkpoint: Checkpoint, codename: str, groups: list[Group] | QuerySet[Group]
+) -> None:
     """Make exactly these groups hold `codename` on the checkpoint."""
     wanted = {g.pk: g for g in groups}
     current = {g.pk: g for g in groups_with(checkpoint, codename)}

@@ -244,9 +244,10 @@ def validate_checkpoint_policy(
     if not isinstance(require_reason_on, list) or any(
         d not in DECISIONS for d in require_reason_on
     ):
-        raise ValidationError(
-            {"require_reason_on": f"A list drawn from {', '.join(DECISIONS)}."}
-        )
-    for name, value in (("auto_approve_at", auto_approve_at), ("auto_reject_below", auto_reject_below)):
+        raise ValidationError({"require_reason_on": f"A list drawn from {', '.join(DECISIONS)}."})
+    for name, value in (
+        ("auto_approve_at", auto_approve_at),
+        ("auto_reject_below", auto_reject_below),
+    ):
         if value is not None and not 0 <= value <= 1:
             raise ValidationError({name: "Must be between 0 and 1."})

@@ -66,9 +66,7 @@ def proposal_list(access: Access, filters: ProposalFilters) -> QuerySet[Proposal
 
 def after_cursor(qs: QuerySet[Proposal], sla_due_at: datetime, pk: uuid.UUID) -> QuerySet[Proposal]:
     """Rows strictly after (sla_due_at, id). The leading range predicate lets the index seek."""
-    return qs.filter(sla_due_at__gte=sla_due_at).filter(
-        Q(sla_due_at__gt=sla_due_at) | Q(id__gt=pk)
-    )
+    return qs.filter(sla_due_at__gte=sla_due_at).filter(Q(sla_due_at__gt=sla_due_at) | Q(id__gt=pk))
 
 
 def proposal_get(access: Access, proposal_id: Any, *, with_children: bool = False) -> Proposal:

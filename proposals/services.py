@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import jsonpatch
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q
+from django.db.models import Count
 from django.utils import timezone
 
 from audit.services import audit_record, canonical_json
@@ -162,7 +162,11 @@ def _record(
     """An event that changes no status (vote cast, edit, claim): outbox row, then audit."""
     outbox_emit(verb, proposal=proposal, data=data)
     audit_record(
-        verb=verb, actor=actor, proposal=proposal, revision=proposal.revision, data=data,
+        verb=verb,
+        actor=actor,
+        proposal=proposal,
+        revision=proposal.revision,
+        data=data,
         reason=reason,
     )
 
@@ -287,22 +291,34 @@ def proposal_submit(
             proposal,
             "proposal.submitted",
             actor=submitter,
-            data={"routing": decision.outcome, "routing_reason": decision.reason,
-                  "payload_hash": payload_hash(data.payload)},
+            data={
+                "routing": decision.outcome,
+                "routing_reason": decision.reason,
+                "payload_hash": payload_hash(data.payload),
+            },
         )
         if decision.outcome == "approve":
             option = _policy_option(data.options)
             changes: dict[str, Any] = {}
             if option is not None:
-                changes = {"approved_payload": option.get("payload"),
-                           "selected_option": option["key"]}
+                changes = {
+                    "approved_payload": option.get("payload"),
+                    "selected_option": option["key"],
+                }
             transition(
-                proposal, Action.APPROVE, actor=None, resolution=decision.resolution,
-                reason=decision.reason, **changes,
+                proposal,
+                Action.APPROVE,
+                actor=None,
+                resolution=decision.resolution,
+                reason=decision.reason,
+                **changes,
             )
         elif decision.outcome == "reject":
             transition(
-                proposal, Action.REJECT, actor=None, resolution=decision.resolution,
+                proposal,
+                Action.REJECT,
+                actor=None,
+                resolution=decision.resolution,
                 reason=decision.reason,
             )
     return proposal
@@ -507,15 +523,24 @@ def _settle(proposal: Proposal, reviewer: User, comment: str) -> None:
         changes_: dict[str, Any] = {}
         if proposal.options:
             option = option_by_key(proposal.options, leading_option)
-            changes_ = {"approved_payload": option["payload"] if option else None,
-                        "selected_option": leading_option}
+            changes_ = {
+                "approved_payload": option["payload"] if option else None,
+                "selected_option": leading_option,
+            }
         transition(
-            proposal, Action.APPROVE, actor=reviewer, resolution=Resolution.REVIEWERS,
-            reason=comment, **changes_,
+            proposal,
+            Action.APPROVE,
+            actor=reviewer,
+            resolution=Resolution.REVIEWERS,
+            reason=comment,
+            **changes_,
         )
     elif outcome == "rejected":
         transition(
-            proposal, Action.REJECT, actor=reviewer, resolution=Resolution.REVIEWERS,
+            proposal,
+            Action.REJECT,
+            actor=reviewer,
+            resolution=Resolution.REVIEWERS,
             reason=comment,
         )
     elif outcome == "changes_requested":
@@ -524,8 +549,12 @@ def _settle(proposal: Proposal, reviewer: User, comment: str) -> None:
         ).count()
         if resubmissions >= proposal.checkpoint.max_revisions:
             transition(
-                proposal, Action.REJECT, actor=reviewer, resolution=Resolution.REVIEWERS,
-                reason=comment, data={"max_revisions_reached": True},
+                proposal,
+                Action.REJECT,
+                actor=reviewer,
+                resolution=Resolution.REVIEWERS,
+                reason=comment,
+                data={"max_revisions_reached": True},
             )
         else:
             transition(proposal, Action.REQUEST_CHANGES, actor=reviewer, reason=comment)
@@ -666,7 +695,9 @@ def proposal_claim(*, proposal_id: Any, actor: User, access: Access | None = Non
         proposal._history_user = actor  # type: ignore[attr-defined]
         proposal.save(update_fields=["claimed_by", "claimed_until", "updated_at"])
         _record(
-            proposal, "proposal.claimed", actor=actor,
+            proposal,
+            "proposal.claimed",
+            actor=actor,
             data={"claimed_until": proposal.claimed_until.isoformat()},
         )
     return proposal
@@ -690,4 +721,3 @@ def proposal_release(*, proposal_id: Any, actor: User, access: Access | None = N
         proposal.save(update_fields=["claimed_by", "claimed_until", "updated_at"])
         _record(proposal, "proposal.released", actor=actor, data={})
     return proposal
-

@@ -129,11 +129,28 @@ class CheckpointOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = Checkpoint
         fields = [
-            "slug", "name", "description", "enabled", "mode", "quorum_rule", "quorum_count",
-            "veto", "auto_approve_at", "auto_reject_below", "review_when", "sample_rate",
-            "timeout_seconds", "timeout_action", "escalate_after_seconds", "remind_after_seconds",
-            "sla_seconds", "revocation_window_seconds", "max_revisions", "require_reason_on",
-            "bypass_until", "bypass_reason",
+            "slug",
+            "name",
+            "description",
+            "enabled",
+            "mode",
+            "quorum_rule",
+            "quorum_count",
+            "veto",
+            "auto_approve_at",
+            "auto_reject_below",
+            "review_when",
+            "sample_rate",
+            "timeout_seconds",
+            "timeout_action",
+            "escalate_after_seconds",
+            "remind_after_seconds",
+            "sla_seconds",
+            "revocation_window_seconds",
+            "max_revisions",
+            "require_reason_on",
+            "bypass_until",
+            "bypass_reason",
         ]
 
 
@@ -147,11 +164,35 @@ class ProposalOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = Proposal
         fields = [
-            "id", "checkpoint", "title", "summary", "payload", "options", "context", "confidence",
-            "priority", "impact", "region", "labels", "external_id", "callback_url",
-            "submitted_by", "status", "resolution", "revision", "approved_payload",
-            "selected_option", "quorum_required", "eligible_reviewers", "claimed_by",
-            "claimed_until", "due_at", "sla_due_at", "escalated_at", "decided_at", "created_at",
+            "id",
+            "checkpoint",
+            "title",
+            "summary",
+            "payload",
+            "options",
+            "context",
+            "confidence",
+            "priority",
+            "impact",
+            "region",
+            "labels",
+            "external_id",
+            "callback_url",
+            "submitted_by",
+            "status",
+            "resolution",
+            "revision",
+            "approved_payload",
+            "selected_option",
+            "quorum_required",
+            "eligible_reviewers",
+            "claimed_by",
+            "claimed_until",
+            "due_at",
+            "sla_due_at",
+            "escalated_at",
+            "decided_at",
+            "created_at",
             "updated_at",
         ]
 
@@ -162,7 +203,14 @@ class RevisionOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = Revision
         fields = [
-            "number", "kind", "payload", "payload_hash", "summary", "author", "patch", "reason",
+            "number",
+            "kind",
+            "payload",
+            "payload_hash",
+            "summary",
+            "author",
+            "patch",
+            "reason",
             "created_at",
         ]
 
@@ -172,8 +220,15 @@ class VoteOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Vote
-        fields = ["id", "revision", "reviewer", "decision", "comment", "selected_option",
-                  "created_at"]
+        fields = [
+            "id",
+            "revision",
+            "reviewer",
+            "decision",
+            "comment",
+            "selected_option",
+            "created_at",
+        ]
 
 
 class ProposalDetailOutputSerializer(ProposalOutputSerializer):
@@ -183,8 +238,13 @@ class ProposalDetailOutputSerializer(ProposalOutputSerializer):
     permissions = serializers.SerializerMethodField()
 
     class Meta(ProposalOutputSerializer.Meta):
-        fields = [*ProposalOutputSerializer.Meta.fields, "revisions", "votes", "quorum",
-                  "permissions"]
+        fields = [
+            *ProposalOutputSerializer.Meta.fields,
+            "revisions",
+            "votes",
+            "quorum",
+            "permissions",
+        ]
 
     def get_quorum(self, proposal: Proposal) -> dict[str, Any]:
         current = [v for v in proposal.votes.all() if v.revision == proposal.revision]
@@ -214,5 +274,14 @@ class AuditEventOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = AuditEvent
-        fields = ["seq", "created_at", "actor", "verb", "revision", "data", "reason",
-                  "prev_hash", "hash"]
+        fields = [
+            "seq",
+            "created_at",
+            "actor",
+            "verb",
+            "revision",
+            "data",
+            "reason",
+            "prev_hash",
+            "hash",
+        ]

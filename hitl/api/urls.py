@@ -8,12 +8,20 @@ app_name = "api"
 
 urlpatterns = [
     path("checkpoints/", views.CheckpointListView.as_view(), name="checkpoint-list"),
-    path("checkpoints/<slug:slug>/", views.CheckpointDetailView.as_view(), name="checkpoint-detail"),
+    path(
+        "checkpoints/<slug:slug>/", views.CheckpointDetailView.as_view(), name="checkpoint-detail"
+    ),
     path("proposals/", views.ProposalListCreateView.as_view(), name="proposal-list"),
     path("proposals/bulk/", views.ProposalBulkView.as_view(), name="proposal-bulk"),
-    path("proposals/<str:proposal_id>/", views.ProposalDetailView.as_view(), name="proposal-detail"),
-    path("proposals/<str:proposal_id>/wait/", views.ProposalWaitView.as_view(), name="proposal-wait"),
-    path("proposals/<str:proposal_id>/votes/", views.VoteCreateView.as_view(), name="proposal-votes"),
+    path(
+        "proposals/<str:proposal_id>/", views.ProposalDetailView.as_view(), name="proposal-detail"
+    ),
+    path(
+        "proposals/<str:proposal_id>/wait/", views.ProposalWaitView.as_view(), name="proposal-wait"
+    ),
+    path(
+        "proposals/<str:proposal_id>/votes/", views.VoteCreateView.as_view(), name="proposal-votes"
+    ),
     path(
         "proposals/<str:proposal_id>/revisions/",
         views.RevisionCreateView.as_view(),
@@ -22,5 +30,7 @@ urlpatterns = [
     path("proposals/<str:proposal_id>/cancel/", views.CancelView.as_view(), name="proposal-cancel"),
     path("proposals/<str:proposal_id>/revoke/", views.RevokeView.as_view(), name="proposal-revoke"),
     path("proposals/<str:proposal_id>/claim/", views.ClaimView.as_view(), name="proposal-claim"),
-    path("proposals/<str:proposal_id>/events/", views.EventListView.as_view(), name="proposal-events"),
+    path(
+        "proposals/<str:proposal_id>/events/", views.EventListView.as_view(), name="proposal-events"
+    ),
 ]

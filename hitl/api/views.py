@@ -143,19 +143,30 @@ class ProposalBulkView(BaseView):
                     # Each item in its own savepoint: one bad item never undoes the others.
                     with transaction.atomic():
                         proposal = _submit_one(self, item, f"{key}:{index}" if key else None)
-                    results.append({"index": index, "status": 201,
-                                    "proposal": s.ProposalOutputSerializer(proposal).data})
+                    results.append(
+                        {
+                            "index": index,
+                            "status": 201,
+                            "proposal": s.ProposalOutputSerializer(proposal).data,
+                        }
+                    )
                 except ApplicationError as exc:
-                    results.append({"index": index, "status": exc.status_code,
-                                    **error_body(exc.code, exc.message, exc.details)})
+                    results.append(
+                        {
+                            "index": index,
+                            "status": exc.status_code,
+                            **error_body(exc.code, exc.message, exc.details),
+                        }
+                    )
                 except Exception as exc:  # DRF ValidationError and friends
                     from hitl.api.errors import exception_handler
 
                     response = exception_handler(exc, {})
                     if response is None:
                         raise
-                    results.append({"index": index, "status": response.status_code,
-                                    **response.data})
+                    results.append(
+                        {"index": index, "status": response.status_code, **response.data}
+                    )
             return status.HTTP_200_OK, {"results": results}
 
         return run_idempotent(request, "proposals.bulk", submit_all)
@@ -218,7 +229,9 @@ class VoteCreateView(BaseView):
 
 
 class RevisionCreateView(BaseView):
-    @extend_schema(request=s.ReviseInputSerializer, responses={201: s.ProposalDetailOutputSerializer})
+    @extend_schema(
+        request=s.ReviseInputSerializer, responses={201: s.ProposalDetailOutputSerializer}
+    )
     def post(self, request: Request, proposal_id: str) -> Response:
         selectors.proposal_get(self.access, proposal_id)
         body = s.ReviseInputSerializer(data=request.data)
@@ -239,7 +252,9 @@ class CancelView(BaseView):
         body = s.ReasonInputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         proposal = services.proposal_cancel(
-            proposal_id=proposal_id, actor=request.user, access=self.access,  # type: ignore[arg-type]
+            proposal_id=proposal_id,
+            actor=request.user,
+            access=self.access,  # type: ignore[arg-type]
             reason=body.validated_data["reason"],
         )
         return self.detail_response(proposal)
@@ -252,7 +267,9 @@ class RevokeView(BaseView):
         body = s.ReasonInputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         proposal = services.proposal_revoke(
-            proposal_id=proposal_id, actor=request.user, access=self.access,  # type: ignore[arg-type]
+            proposal_id=proposal_id,
+            actor=request.user,
+            access=self.access,  # type: ignore[arg-type]
             reason=body.validated_data["reason"],
         )
         return self.detail_response(proposal)
@@ -263,7 +280,9 @@ class ClaimView(BaseView):
     def post(self, request: Request, proposal_id: str) -> Response:
         selectors.proposal_get(self.access, proposal_id)
         proposal = services.proposal_claim(
-            proposal_id=proposal_id, actor=request.user, access=self.access  # type: ignore[arg-type]
+            proposal_id=proposal_id,
+            actor=request.user,
+            access=self.access,  # type: ignore[arg-type]
         )
         return self.detail_response(proposal)
 
@@ -271,7 +290,9 @@ class ClaimView(BaseView):
     def delete(self, request: Request, proposal_id: str) -> Response:
         selectors.proposal_get(self.access, proposal_id)
         proposal = services.proposal_release(
-            proposal_id=proposal_id, actor=request.user, access=self.access  # type: ignore[arg-type]
+            proposal_id=proposal_id,
+            actor=request.user,
+            access=self.access,  # type: ignore[arg-type]
         )
         return self.detail_response(proposal)
 

@@ -9,8 +9,12 @@ def test_submit_vote_flow(world, client_for):
     agent = client_for(world.submitter)
     response = agent.post(
         "/api/v1/proposals/",
-        {"checkpoint": "inspection-schedule", "title": "Inspect", "payload": {"frequency": 4},
-         "region": "Region1"},
+        {
+            "checkpoint": "inspection-schedule",
+            "title": "Inspect",
+            "payload": {"frequency": 4},
+            "region": "Region1",
+        },
         format="json",
     )
     assert response.status_code == 201, response.json()
@@ -24,8 +28,12 @@ def test_submit_vote_flow(world, client_for):
 
     vote = rita.post(
         f"/api/v1/proposals/{pid}/votes/",
-        {"decision": "approve", "revision": 1, "adjustments": {"frequency": 2},
-         "comment": "twice is enough"},
+        {
+            "decision": "approve",
+            "revision": 1,
+            "adjustments": {"frequency": 2},
+            "comment": "twice is enough",
+        },
         format="json",
     )
     assert vote.status_code == 201, vote.json()
@@ -33,9 +41,14 @@ def test_submit_vote_flow(world, client_for):
     assert vote.json()["approved_payload"] == {"frequency": 2}
     assert vote.json()["revision"] == 2
 
-    own = agent.post(f"/api/v1/proposals/{pid}/votes/", {"decision": "approve", "revision": 2},
-                     format="json")
+    own = agent.post(
+        f"/api/v1/proposals/{pid}/votes/", {"decision": "approve", "revision": 2}, format="json"
+    )
     assert own.status_code == 403
     events = rita.get(f"/api/v1/proposals/{pid}/events/").json()["results"]
     assert [e["verb"] for e in events] == [
-        "proposal.submitted", "proposal.edited", "proposal.vote_cast", "proposal.approved"]
+        "proposal.submitted",
+        "proposal.edited",
+        "proposal.vote_cast",
+        "proposal.approved",
+    ]
