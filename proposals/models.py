@@ -195,7 +195,8 @@ class Proposal(models.Model):
     submitted_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="submitted_proposals"
     )
-    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    # NULL (not "") when absent: the unique constraint must ignore proposals without a key.
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
 
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     resolution = models.CharField(max_length=20, choices=Resolution.choices, blank=True)
