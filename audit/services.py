@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
@@ -16,7 +16,7 @@ from django.utils import timezone
 from audit.models import AuditEvent
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+    from django.contrib.auth.models import AnonymousUser, User
 
     from proposals.models import Checkpoint, Proposal
 
@@ -94,7 +94,7 @@ def _lock_chain() -> None:
 def audit_record(
     *,
     verb: str,
-    actor: AbstractBaseUser | AnonymousUser | None,
+    actor: User | AnonymousUser | None,
     proposal: Proposal | None = None,
     checkpoint: Checkpoint | None = None,
     revision: int | None = None,
@@ -108,7 +108,7 @@ def audit_record(
     last = AuditEvent.objects.order_by("-seq").only("seq", "hash").first()
     seq = last.seq + 1 if last else 1
     prev_hash = last.hash if last else GENESIS_HASH
-    actor_user = actor if actor is not None and actor.is_authenticated else None
+    actor_user = cast("User | None", actor if actor is not None and actor.is_authenticated else None)
     if checkpoint is None and proposal is not None:
         checkpoint = proposal.checkpoint
     event = AuditEvent(

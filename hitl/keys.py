@@ -17,7 +17,7 @@ from audit.services import audit_record
 from hitl.models import ApiKey, ServiceAccount
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 KEY_SCHEME = "nok"  # "nihil obstat key"; a recognisable prefix lets secret scanners find leaks
 
@@ -34,9 +34,9 @@ class IssuedKey:
 
 def api_key_create(
     *,
-    user: AbstractBaseUser,
+    user: User,
     name: str,
-    created_by: AbstractBaseUser | None = None,
+    created_by: User | None = None,
     expires_at: datetime | None = None,
 ) -> IssuedKey:
     prefix = secrets.token_hex(6)
@@ -53,7 +53,7 @@ def api_key_create(
     return IssuedKey(api_key=api_key, token=f"{KEY_SCHEME}_{prefix}_{secret}")
 
 
-def api_key_revoke(*, api_key: ApiKey, revoked_by: AbstractBaseUser | None) -> ApiKey:
+def api_key_revoke(*, api_key: ApiKey, revoked_by: User | None) -> ApiKey:
     with transaction.atomic():
         locked = ApiKey.objects.select_for_update().get(pk=api_key.pk)
         if locked.revoked_at is None:
@@ -87,7 +87,7 @@ def api_key_authenticate(token: str) -> ApiKey | None:
     return api_key
 
 
-def service_account_create(*, username: str, description: str = "") -> AbstractBaseUser:
+def service_account_create(*, username: str, description: str = "") -> User:
     User = get_user_model()
     with transaction.atomic():
         user = User.objects.create_user(username=username)  # type: ignore[attr-defined]

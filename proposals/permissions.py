@@ -24,9 +24,9 @@ from guardian.shortcuts import assign_perm, get_groups_with_perms, remove_perm
 from proposals.models import Checkpoint, Proposal
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+    from django.contrib.auth.models import AnonymousUser, User
 
-    AnyUser = AbstractBaseUser | AnonymousUser
+    AnyUser = User | AnonymousUser
 
 SUBMIT = "submit_to_checkpoint"
 REVIEW = "review_checkpoint"
@@ -155,7 +155,9 @@ def eligible_reviewers(checkpoint: Checkpoint, *, exclude_user_id: int | None) -
 
 
 def groups_with(checkpoint: Checkpoint, codename: str) -> QuerySet[Group]:
-    groups = get_groups_with_perms(checkpoint, attach_perms=True)
+    groups: dict[Group, list[str]] = get_groups_with_perms(  # type: ignore[assignment]
+        checkpoint, attach_perms=True
+    )
     return Group.objects.filter(pk__in=[g.pk for g, perms in groups.items() if codename in perms])
 
 

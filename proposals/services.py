@@ -55,9 +55,7 @@ from proposals.models import (
 from proposals.permissions import SUBMIT, Access, access_for, eligible_reviewers
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
-
-    User = AbstractBaseUser
+    from django.contrib.auth.models import User
 
 ACTION_VERBS = {
     Action.APPROVE: "proposal.approved",

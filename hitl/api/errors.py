@@ -46,8 +46,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         detail = exc.detail
         message = str(detail) if not isinstance(detail, dict | list) else "Request failed."
         body = error_body(_code(exc), message, {} if isinstance(detail, str) else _details(detail))
-        if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
-            body["error"]["details"] = {"retry_after_seconds": int(exc.wait)}
+        wait = getattr(exc, "wait", None)
+        if isinstance(exc, exceptions.Throttled) and wait is not None:
+            body["error"]["details"] = {"retry_after_seconds": int(wait)}
     else:  # pragma: no cover - DRF only returns responses for APIException
         body = error_body("error", "Request failed.")
     response.data = body

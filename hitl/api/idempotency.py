@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from django.db import connection, transaction
 from rest_framework.request import Request
@@ -55,7 +55,7 @@ def run_idempotent(
             f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.",
             details={"Idempotency-Key": "invalid"},
         )
-    owner_id = request.user.pk
+    owner_id = cast(int, request.user.pk)  # the views require authentication
     request_hash = hashlib.sha256(canonical_json([scope, request.data]).encode()).hexdigest()
     with transaction.atomic():
         if not _try_lock(owner_id, key):

@@ -51,7 +51,9 @@ class FiniteFloatField(serializers.FloatField):
 
 class OptionSerializer(serializers.Serializer):
     key = serializers.CharField(max_length=100)
-    label = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")
+    label = serializers.CharField(  # type: ignore[assignment]  # shadows Field.label
+        max_length=300, required=False, allow_blank=True, default=""
+    )
     payload = JSONObjectField()
     confidence = FiniteFloatField(min_value=0, max_value=1, required=False, allow_null=True)
 
@@ -61,8 +63,10 @@ class ProposalInputSerializer(serializers.Serializer):
     title = serializers.CharField(max_length=300)
     summary = serializers.CharField(required=False, allow_blank=True, default="", max_length=20000)
     payload = JSONObjectField()
-    options = OptionSerializer(many=True, required=False, default=list, max_length=50)
-    context = JSONObjectField(required=False, default=dict)
+    options = serializers.ListField(
+        child=OptionSerializer(), required=False, default=list, max_length=50
+    )
+    context = JSONObjectField(required=False, default=dict)  # type: ignore[assignment]
     confidence = FiniteFloatField(min_value=0, max_value=1, required=False, allow_null=True)
     priority = serializers.ChoiceField(choices=Priority.choices, default=Priority.MEDIUM)
     impact = serializers.DecimalField(
@@ -114,7 +118,9 @@ class ProposalListQuerySerializer(serializers.Serializer):
     checkpoint = serializers.SlugField(required=False)
     region = serializers.CharField(required=False, max_length=100)
     priority = serializers.CharField(required=False)
-    label = serializers.ListField(child=serializers.CharField(max_length=300), required=False)
+    label = serializers.ListField(  # type: ignore[assignment]
+        child=serializers.CharField(max_length=300), required=False
+    )
     reviewable = serializers.ChoiceField(choices=["me"], required=False)
     submitted = serializers.ChoiceField(choices=["me"], required=False)
     external_id = serializers.CharField(required=False, max_length=200)
@@ -125,7 +131,7 @@ class ProposalListQuerySerializer(serializers.Serializer):
 # --- output --------------------------------------------------------------------------------
 
 
-class CheckpointOutputSerializer(serializers.ModelSerializer):
+class CheckpointOutputSerializer(serializers.ModelSerializer[Checkpoint]):
     class Meta:
         model = Checkpoint
         fields = [
@@ -154,8 +160,10 @@ class CheckpointOutputSerializer(serializers.ModelSerializer):
         ]
 
 
-class ProposalOutputSerializer(serializers.ModelSerializer):
-    checkpoint = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+class ProposalOutputSerializer(serializers.ModelSerializer[Proposal]):
+    checkpoint: serializers.SlugRelatedField[Checkpoint] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
     submitted_by = serializers.CharField(source="submitted_by.username", read_only=True)
     claimed_by = serializers.CharField(
         source="claimed_by.username", read_only=True, allow_null=True, default=None
@@ -197,7 +205,7 @@ class ProposalOutputSerializer(serializers.ModelSerializer):
         ]
 
 
-class RevisionOutputSerializer(serializers.ModelSerializer):
+class RevisionOutputSerializer(serializers.ModelSerializer[Revision]):
     author = serializers.CharField(source="author.username", read_only=True)
 
     class Meta:
@@ -215,7 +223,7 @@ class RevisionOutputSerializer(serializers.ModelSerializer):
         ]
 
 
-class VoteOutputSerializer(serializers.ModelSerializer):
+class VoteOutputSerializer(serializers.ModelSerializer[Vote]):
     reviewer = serializers.CharField(source="reviewer.username", read_only=True)
 
     class Meta:
@@ -269,7 +277,7 @@ class ProposalDetailOutputSerializer(ProposalOutputSerializer):
         }
 
 
-class AuditEventOutputSerializer(serializers.ModelSerializer):
+class AuditEventOutputSerializer(serializers.ModelSerializer[AuditEvent]):
     actor = serializers.CharField(source="actor_label", read_only=True)
 
     class Meta:

@@ -4,18 +4,20 @@ service, render."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import transaction
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
+from rest_framework.exceptions import APIException
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from hitl.api import serializers as s
-from hitl.api.errors import error_body
+from hitl.api.errors import exception_handler as api_exception_handler
 from hitl.api.idempotency import run_idempotent
 from hitl.api.pagination import paginate
 from proposals import selectors, services
@@ -26,6 +28,11 @@ from proposals.permissions import Access, access_for
 
 class BaseView(APIView):
     _access: Access | None = None
+
+    @property
+    def user(self) -> User:
+        # Every view requires authentication (DEFAULT_PERMISSION_CLASSES), so never anonymous.
+        return cast(User, self.request.user)
 
     @property
     def access(self) -> Access:
@@ -73,7 +80,7 @@ def _submit_one(view: BaseView, data: Any, idempotency_key: str | None) -> Propo
             "Unknown checkpoint.", details={"checkpoint": [f"No checkpoint {slug!r}."]}
         ) from None
     return services.proposal_submit(
-        submitter=view.request.user,  # type: ignore[arg-type]
+        submitter=view.user,
         checkpoint=checkpoint,
         data=services.ProposalInput(**fields),
         idempotency_key=idempotency_key,
@@ -150,23 +157,10 @@ class ProposalBulkView(BaseView):
                             "proposal": s.ProposalOutputSerializer(proposal).data,
                         }
                     )
-                except ApplicationError as exc:
-                    results.append(
-                        {
-                            "index": index,
-                            "status": exc.status_code,
-                            **error_body(exc.code, exc.message, exc.details),
-                        }
-                    )
-                except Exception as exc:  # DRF ValidationError and friends
-                    from hitl.api.errors import exception_handler
-
-                    response = exception_handler(exc, {})
-                    if response is None:
-                        raise
-                    results.append(
-                        {"index": index, "status": response.status_code, **response.data}
-                    )
+                except (ApplicationError, APIException) as exc:
+                    error = api_exception_handler(exc, {})
+                    assert error is not None  # both kinds always map to a response
+                    results.append({"index": index, "status": error.status_code, **error.data})
             return status.HTTP_200_OK, {"results": results}
 
         return run_idempotent(request, "proposals.bulk", submit_all)
@@ -219,7 +213,7 @@ class VoteCreateView(BaseView):
         body.is_valid(raise_exception=True)
         proposal, vote = services.vote_cast(
             proposal_id=proposal_id,
-            reviewer=request.user,  # type: ignore[arg-type]
+            reviewer=self.user,
             access=self.access,
             **body.validated_data,
         )
@@ -238,7 +232,7 @@ class RevisionCreateView(BaseView):
         body.is_valid(raise_exception=True)
         proposal = services.proposal_revise(
             proposal_id=proposal_id,
-            actor=request.user,  # type: ignore[arg-type]
+            actor=self.user,
             access=self.access,
             **body.validated_data,
         )
@@ -253,7 +247,7 @@ class CancelView(BaseView):
         body.is_valid(raise_exception=True)
         proposal = services.proposal_cancel(
             proposal_id=proposal_id,
-            actor=request.user,
+            actor=self.user,
             access=self.access,  # type: ignore[arg-type]
             reason=body.validated_data["reason"],
         )
@@ -268,7 +262,7 @@ class RevokeView(BaseView):
         body.is_valid(raise_exception=True)
         proposal = services.proposal_revoke(
             proposal_id=proposal_id,
-            actor=request.user,
+            actor=self.user,
             access=self.access,  # type: ignore[arg-type]
             reason=body.validated_data["reason"],
         )
@@ -281,7 +275,7 @@ class ClaimView(BaseView):
         selectors.proposal_get(self.access, proposal_id)
         proposal = services.proposal_claim(
             proposal_id=proposal_id,
-            actor=request.user,
+            actor=self.user,
             access=self.access,  # type: ignore[arg-type]
         )
         return self.detail_response(proposal)
@@ -291,7 +285,7 @@ class ClaimView(BaseView):
         selectors.proposal_get(self.access, proposal_id)
         proposal = services.proposal_release(
             proposal_id=proposal_id,
-            actor=request.user,
+            actor=self.user,
             access=self.access,  # type: ignore[arg-type]
         )
         return self.detail_response(proposal)
