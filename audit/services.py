@@ -108,7 +108,8 @@ def audit_record(
     last = AuditEvent.objects.order_by("-seq").only("seq", "hash").first()
     seq = last.seq + 1 if last else 1
     prev_hash = last.hash if last else GENESIS_HASH
-    actor_user = cast("User | None", actor if actor is not None and actor.is_authenticated else None)
+    authenticated = actor is not None and actor.is_authenticated
+    actor_user = cast("User | None", actor if authenticated else None)
     if checkpoint is None and proposal is not None:
         checkpoint = proposal.checkpoint
     event = AuditEvent(

@@ -11,8 +11,20 @@ from django.utils.dateparse import parse_datetime
 from audit.models import AuditEvent
 from audit.services import event_as_dict
 
-FIELDS = ["seq", "created_at", "actor", "actor_id", "verb", "proposal_id", "checkpoint_id",
-          "revision", "data", "reason", "prev_hash", "hash"]
+FIELDS = [
+    "seq",
+    "created_at",
+    "actor",
+    "actor_id",
+    "verb",
+    "proposal_id",
+    "checkpoint_id",
+    "revision",
+    "data",
+    "reason",
+    "prev_hash",
+    "hash",
+]
 
 
 class Command(BaseCommand):
