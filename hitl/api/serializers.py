@@ -90,6 +90,17 @@ class BulkInputSerializer(serializers.Serializer):
     )
 
 
+class BulkItemResultSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    status = serializers.IntegerField(help_text="HTTP status this item would have had alone")
+    proposal = serializers.DictField(required=False, help_text="present on 201")
+    error = serializers.DictField(required=False, help_text="present on errors")
+
+
+class BulkOutputSerializer(serializers.Serializer):
+    results = BulkItemResultSerializer(many=True)
+
+
 class VoteInputSerializer(serializers.Serializer):
     decision = serializers.ChoiceField(choices=Decision.choices)
     revision = serializers.IntegerField(min_value=1, max_value=2**31 - 1)

@@ -135,7 +135,11 @@ class ProposalListCreateView(BaseView):
 
 
 class ProposalBulkView(BaseView):
-    @extend_schema(request=s.BulkInputSerializer)
+    @extend_schema(
+        request=s.BulkInputSerializer,
+        responses=s.BulkOutputSerializer,
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
+    )
     def post(self, request: Request) -> Response:
         body = s.BulkInputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
