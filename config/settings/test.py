@@ -13,3 +13,7 @@ from config.settings.base import *  # noqa: F403
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast user factories
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"anon": "100000/minute", "user": "100000/minute"}  # noqa: F405
+
+# One test database per pytest process, so concurrent runs (developers, CI, parallel helpers)
+# never drop each other's database. pytest-django creates and destroys it around the run.
+DATABASES["default"]["TEST"] = {"NAME": f"test_nihil_{os.getpid()}"}  # noqa: F405
