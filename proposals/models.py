@@ -62,6 +62,9 @@ class Resolution(models.TextChoices):
     BYPASS = "bypass"
     CANCELLED = "cancelled"
     REVOKED = "revoked"
+    # Development mode only (HITL_DEV_AUTO_APPROVE_SECONDS, refused unless DEBUG): never a
+    # human decision, and labelled as such everywhere it shows.
+    DEV_AUTO_APPROVE = "dev_auto_approve"
 
 
 class Decision(models.TextChoices):
@@ -218,7 +221,12 @@ class Proposal(models.Model):
 
     due_at = models.DateTimeField(null=True, blank=True)
     sla_due_at = models.DateTimeField()
+    # Timer targets are stored, not derived, so each sweep is one indexed range scan.
+    remind_at = models.DateTimeField(null=True, blank=True)
+    reminded_at = models.DateTimeField(null=True, blank=True)
+    escalate_at = models.DateTimeField(null=True, blank=True)
     escalated_at = models.DateTimeField(null=True, blank=True)
+    sla_breached_at = models.DateTimeField(null=True, blank=True)
     decided_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
@@ -264,11 +272,31 @@ class Proposal(models.Model):
                 condition=Q(status__in=OPEN_STATUSES),
                 name="proposal_open_by_cp_idx",
             ),
-            # Timer sweeps find due work without touching decided rows.
+            # Timer sweeps find due work without touching decided or already-handled rows.
             models.Index(
                 fields=["due_at"],
                 condition=Q(status__in=OPEN_STATUSES),
                 name="proposal_open_due_idx",
+            ),
+            models.Index(
+                fields=["remind_at"],
+                condition=Q(status__in=OPEN_STATUSES, reminded_at__isnull=True),
+                name="proposal_remind_due_idx",
+            ),
+            models.Index(
+                fields=["escalate_at"],
+                condition=Q(status__in=OPEN_STATUSES, escalated_at__isnull=True),
+                name="proposal_escalate_due_idx",
+            ),
+            models.Index(
+                fields=["sla_due_at"],
+                condition=Q(status__in=OPEN_STATUSES, sla_breached_at__isnull=True),
+                name="proposal_sla_due_idx",
+            ),
+            models.Index(
+                fields=["claimed_until"],
+                condition=Q(claimed_until__isnull=False),
+                name="proposal_claimed_idx",
             ),
             models.Index(fields=["checkpoint", "sla_due_at", "id"], name="proposal_cp_sla_idx"),
             models.Index(fields=["submitted_by", "sla_due_at", "id"], name="proposal_sub_sla_idx"),

@@ -184,15 +184,39 @@ def evaluate_quorum(
 class Deadlines:
     due_at: datetime | None
     sla_due_at: datetime
+    remind_at: datetime | None = None
+    escalate_at: datetime | None = None
+
+
+def _after(start: datetime, seconds: int | None) -> datetime | None:
+    return start + timedelta(seconds=seconds) if seconds else None
 
 
 def deadlines(
-    *, start: datetime, priority: str, timeout_seconds: int | None, sla_seconds: dict[str, int]
+    *,
+    start: datetime,
+    priority: str,
+    timeout_seconds: int | None,
+    sla_seconds: dict[str, int],
+    remind_after_seconds: int | None = None,
+    escalate_after_seconds: int | None = None,
 ) -> Deadlines:
-    due_at = start + timedelta(seconds=timeout_seconds) if timeout_seconds else None
+    """When each timer fires for a proposal submitted (or revised) at `start`. A timer that
+    would fire at or after the timeout never fires: the timeout decides first."""
+    due_at = _after(start, timeout_seconds)
     defaults = {"critical": 3600, "high": 14400, "medium": 86400, "low": 259200}
     sla = sla_seconds.get(priority, defaults[priority])
-    return Deadlines(due_at=due_at, sla_due_at=start + timedelta(seconds=sla))
+    remind_at = _after(start, remind_after_seconds)
+    escalate_at = _after(start, escalate_after_seconds)
+    if due_at is not None:
+        remind_at = remind_at if remind_at is not None and remind_at < due_at else None
+        escalate_at = escalate_at if escalate_at is not None and escalate_at < due_at else None
+    return Deadlines(
+        due_at=due_at,
+        sla_due_at=start + timedelta(seconds=sla),
+        remind_at=remind_at,
+        escalate_at=escalate_at,
+    )
 
 
 def revocable(*, decided_at: datetime | None, window_seconds: int, now: datetime) -> bool:

@@ -49,6 +49,7 @@ from proposals.models import (
     Revision,
     RevisionKind,
     Status,
+    TimeoutAction,
     Vote,
     option_by_key,
 )
@@ -229,6 +230,8 @@ def proposal_submit(
         priority=data.priority,
         timeout_seconds=checkpoint.timeout_seconds,
         sla_seconds=checkpoint.sla_seconds,
+        remind_after_seconds=checkpoint.remind_after_seconds,
+        escalate_after_seconds=checkpoint.escalate_after_seconds,
     )
     with transaction.atomic():
         eligible = eligible_reviewers(checkpoint, exclude_user_id=submitter.pk).count()
@@ -257,6 +260,8 @@ def proposal_submit(
             ),
             due_at=due.due_at,
             sla_due_at=due.sla_due_at,
+            remind_at=due.remind_at,
+            escalate_at=due.escalate_at,
             created_at=now,
             updated_at=now,
         )
@@ -357,6 +362,15 @@ def _edited_payload(
     return edited
 
 
+def _refuse_if_timed_out(proposal: Proposal) -> None:
+    """Late votes and revisions lose to the timeout even before a sweep has applied it."""
+    if proposal.due_at is not None and proposal.due_at <= timezone.now():
+        raise InvalidTransition(
+            "The proposal's deadline has passed; the timeout decides it.",
+            details={"status": proposal.status, "due_at": proposal.due_at.isoformat()},
+        )
+
+
 def _require_reason(checkpoint: Checkpoint, decision: str, reason: str) -> None:
     if decision in (checkpoint.require_reason_on or []) and not reason.strip():
         raise Unprocessable(
@@ -420,6 +434,7 @@ def vote_cast(
                 f"The proposal is {proposal.status}; votes are closed.",
                 details={"status": proposal.status},
             )
+        _refuse_if_timed_out(proposal)
         if revision != proposal.revision:
             raise StaleRevision(
                 f"You reviewed revision {revision}; the current revision is {proposal.revision}.",
@@ -584,6 +599,7 @@ def proposal_revise(
                 f"Cannot revise a proposal that is {proposal.status}.",
                 details={"status": proposal.status},
             )
+        _refuse_if_timed_out(proposal)
         now = timezone.now()
         diff = jsonpatch.make_patch(proposal.payload, payload).patch
         number = proposal.revision + 1
@@ -599,11 +615,22 @@ def proposal_revise(
             reason=comment,
             created_at=now,
         )
-        timeout = proposal.checkpoint.timeout_seconds
+        checkpoint = proposal.checkpoint
+        due = policy.deadlines(
+            start=now,
+            priority=proposal.priority,
+            timeout_seconds=checkpoint.timeout_seconds,
+            sla_seconds=checkpoint.sla_seconds,
+            remind_after_seconds=checkpoint.remind_after_seconds,
+        )
+        # A new round: a fresh timeout and reminder. SLA and escalation keep running from
+        # the original submission.
         changes: dict[str, Any] = {
             "payload": payload,
             "revision": number,
-            "due_at": now + timedelta(seconds=timeout) if timeout else None,
+            "due_at": due.due_at,
+            "remind_at": due.remind_at,
+            "reminded_at": None,
         }
         if summary:
             changes["summary"] = summary
@@ -719,3 +746,188 @@ def proposal_release(*, proposal_id: Any, actor: User, access: Access | None = N
         proposal.save(update_fields=["claimed_by", "claimed_until", "updated_at"])
         _record(proposal, "proposal.released", actor=actor, data={})
     return proposal
+
+
+# --- timers (run by the sweeps in proposals.sweeps on rows they locked) --------------------
+#
+# Each re-checks its condition under the row lock and returns whether it acted, so a sweep
+# that runs twice, or two sweepers at once, change every proposal at most once.
+
+
+def proposal_expire(proposal: Proposal, now: Any) -> bool:
+    """Apply the checkpoint's timeout_action (resolution `timeout`) once `due_at` has passed."""
+    if not proposal.is_open or proposal.due_at is None or proposal.due_at > now:
+        return False
+    checkpoint = proposal.checkpoint
+    reason = f"no decision within {checkpoint.timeout_seconds} s"
+    if checkpoint.timeout_action == TimeoutAction.APPROVE:
+        option = _policy_option(proposal.options)
+        changes: dict[str, Any] = {}
+        if option is not None:
+            changes = {"approved_payload": option.get("payload"), "selected_option": option["key"]}
+        transition(
+            proposal,
+            Action.APPROVE,
+            actor=None,
+            resolution=Resolution.TIMEOUT,
+            reason=reason,
+            **changes,
+        )
+    else:
+        transition(
+            proposal, Action.REJECT, actor=None, resolution=Resolution.TIMEOUT, reason=reason
+        )
+    return True
+
+
+def _mark(proposal: Proposal, field_name: str, now: Any, verb: str, data: dict[str, Any]) -> None:
+    setattr(proposal, field_name, now)
+    proposal.updated_at = now
+    proposal.save(update_fields=[field_name, "updated_at"])
+    _record(proposal, verb, actor=None, data=data)
+
+
+def proposal_remind(proposal: Proposal, now: Any) -> bool:
+    """`proposal.reminder`, once per round, when remind_at has passed."""
+    if (
+        not proposal.is_open
+        or proposal.reminded_at is not None
+        or proposal.remind_at is None
+        or proposal.remind_at > now
+    ):
+        return False
+    _mark(
+        proposal,
+        "reminded_at",
+        now,
+        "proposal.reminder",
+        {"due_at": proposal.due_at.isoformat() if proposal.due_at else None},
+    )
+    return True
+
+
+def proposal_escalate(proposal: Proposal, now: Any) -> bool:
+    """From now on the checkpoint's escalation groups may review (permissions read
+    `escalated_at`); `proposal.escalated`, once."""
+    if (
+        not proposal.is_open
+        or proposal.escalated_at is not None
+        or proposal.escalate_at is None
+        or proposal.escalate_at > now
+    ):
+        return False
+    _mark(proposal, "escalated_at", now, "proposal.escalated", {})
+    return True
+
+
+def proposal_flag_sla_breach(proposal: Proposal, now: Any) -> bool:
+    """`proposal.sla_breached` for the managers, once, when sla_due_at passes while open."""
+    if not proposal.is_open or proposal.sla_breached_at is not None or proposal.sla_due_at > now:
+        return False
+    _mark(
+        proposal,
+        "sla_breached_at",
+        now,
+        "proposal.sla_breached",
+        {"sla_due_at": proposal.sla_due_at.isoformat(), "priority": proposal.priority},
+    )
+    return True
+
+
+def proposal_release_expired_claim(proposal: Proposal, now: Any) -> bool:
+    if proposal.claimed_until is None or proposal.claimed_until > now:
+        return False
+    holder = proposal.claimed_by_id
+    proposal.claimed_by = None
+    proposal.claimed_until = None
+    proposal.updated_at = now
+    proposal.save(update_fields=["claimed_by", "claimed_until", "updated_at"])
+    _record(proposal, "proposal.released", actor=None, data={"expired": True, "holder": holder})
+    return True
+
+
+def proposal_dev_auto_approve(proposal: Proposal, now: Any, after_seconds: int) -> bool:
+    """Development mode: approve review items left `after_seconds`. Settings refuse this
+    unless DEBUG is on; the resolution says so on every record."""
+    if proposal.status != Status.PENDING or proposal.created_at > now - timedelta(
+        seconds=after_seconds
+    ):
+        return False
+    transition(
+        proposal,
+        Action.APPROVE,
+        actor=None,
+        resolution=Resolution.DEV_AUTO_APPROVE,
+        reason=f"development auto-approve after {after_seconds} s (not a human decision)",
+        data={"development_auto_approve": True},
+    )
+    return True
+
+
+# --- emergency bypass ---------------------------------------------------------------------
+
+
+def _lock_checkpoint(checkpoint_id: int) -> Checkpoint:
+    try:
+        return Checkpoint.objects.select_for_update(no_key=True).get(pk=checkpoint_id)
+    except Checkpoint.DoesNotExist:
+        raise NotFound("Checkpoint not found.") from None
+
+
+def checkpoint_bypass_start(
+    *, checkpoint_id: int, actor: User | None, until: Any, reason: str
+) -> Checkpoint:
+    """Until `until`, new proposals are approved with resolution `bypass`. Audited, and
+    announced as `checkpoint.bypassed`."""
+    if not reason.strip():
+        raise Unprocessable("A bypass needs a reason.", details={"reason": "required"})
+    if until <= timezone.now():
+        raise Unprocessable("A bypass must end in the future.", details={"until": "past"})
+    with transaction.atomic():
+        checkpoint = _lock_checkpoint(checkpoint_id)
+        checkpoint.bypass_until = until
+        checkpoint.bypass_reason = reason
+        checkpoint._history_user = actor  # type: ignore[attr-defined]
+        checkpoint.save(update_fields=["bypass_until", "bypass_reason", "updated_at"])
+        data = {"active": True, "until": until.isoformat(), "checkpoint": checkpoint.slug}
+        outbox_emit("checkpoint.bypassed", checkpoint=checkpoint, data=data)
+        audit_record(
+            verb="checkpoint.bypassed",
+            actor=actor,
+            checkpoint=checkpoint,
+            data=data,
+            reason=reason,
+        )
+    return checkpoint
+
+
+def checkpoint_bypass_end(
+    *, checkpoint_id: int, actor: User | None, reason: str = "", expired: bool = False
+) -> bool:
+    """End a bypass (by hand, or when it ran out: `expired`). False when none was recorded."""
+    with transaction.atomic():
+        checkpoint = _lock_checkpoint(checkpoint_id)
+        if checkpoint.bypass_until is None:
+            return False
+        if expired and checkpoint.bypass_until > timezone.now():
+            return False  # extended meanwhile
+        ended = checkpoint.bypass_until
+        checkpoint.bypass_until = None
+        checkpoint.bypass_reason = ""
+        checkpoint._history_user = actor  # type: ignore[attr-defined]
+        checkpoint.save(update_fields=["bypass_until", "bypass_reason", "updated_at"])
+        data = {
+            "active": False,
+            "expired": expired,
+            "was_until": ended.isoformat(),
+            "checkpoint": checkpoint.slug,
+        }
+        outbox_emit("checkpoint.bypassed", checkpoint=checkpoint, data=data)
+        audit_record(
+            verb="checkpoint.bypass_ended",
+            actor=actor,
+            checkpoint=checkpoint,
+            data=data,
+            reason=reason or ("expired" if expired else ""),
+        )
+    return True

@@ -9,9 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import dj_database_url
+import django_stubs_ext
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 from config.env import env_bool, env_int, env_list, env_str, env_url
+
+# Lets typed code write ModelAdmin[Model], QuerySet[Model] and friends at runtime too.
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 RUN_DIR = BASE_DIR / ".run"
@@ -165,22 +170,55 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
+# Product knobs.
+HITL_WAIT_MAX_SECONDS = env_int("HITL_WAIT_MAX_SECONDS", 60, minimum=1)
+HITL_CLAIM_SECONDS = env_int("HITL_CLAIM_SECONDS", 900, minimum=30)
+HITL_BULK_MAX = env_int("HITL_BULK_MAX", 500, minimum=1)
+HITL_PAGE_SIZE = env_int("HITL_PAGE_SIZE", 50, minimum=1)
+HITL_SWEEP_INTERVAL_SECONDS = env_int("HITL_SWEEP_INTERVAL_SECONDS", 15, minimum=1)
+HITL_HEARTBEAT_STALE_SECONDS = env_int("HITL_HEARTBEAT_STALE_SECONDS", 120, minimum=10)
+# Development mode: approve review items left this many seconds (0 = off). Never in
+# production: refused unless DEBUG is on.
+HITL_DEV_AUTO_APPROVE_SECONDS = env_int("HITL_DEV_AUTO_APPROVE_SECONDS", 0, minimum=0)
+if HITL_DEV_AUTO_APPROVE_SECONDS and not DEBUG:
+    raise ImproperlyConfigured(
+        "HITL_DEV_AUTO_APPROVE_SECONDS is a development setting: DEBUG is off."
+    )
+
 CELERY_BROKER_URL = REDIS_URL
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_TIMEZONE = "UTC"
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+# Tasks are idempotent (they take ids and re-read state), so a task whose worker died is
+# redelivered rather than lost: ack after the run, requeue when the worker process is lost.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 240, minimum=1)
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 300, minimum=1)
+# Redis redelivers an unacked message after the visibility timeout: it must outlast the
+# longest countdown/ETA we schedule (webhook retries wait in the database, not in Redis).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULER = "hitl.beat:LeaderScheduler"
+CELERY_BEAT_MAX_LOOP_INTERVAL = 5  # the leader lock is renewed at least this often
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    # Sweeps are safe to run twice at once (SKIP LOCKED), so a plain interval is fine here.
+    "hitl-sweep": {"task": "hitl.tasks.sweep", "schedule": HITL_SWEEP_INTERVAL_SECONDS},
+    "hitl-heartbeat": {"task": "hitl.tasks.heartbeat", "schedule": 30.0},
+    # Housekeeping runs at a fixed wall-clock time, which restarts do not shift.
+    "hitl-purge-idempotency": {
+        "task": "hitl.tasks.purge_idempotency_records",
+        "schedule": crontab(minute=17, hour=3),
+    },
+}
+HITL_IDEMPOTENCY_TTL_HOURS = env_int("HITL_IDEMPOTENCY_TTL_HOURS", 72, minimum=1)
 
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "nihil-obstat@localhost")
-
-# Product knobs.
-HITL_WAIT_MAX_SECONDS = env_int("HITL_WAIT_MAX_SECONDS", 60, minimum=1)
-HITL_CLAIM_SECONDS = env_int("HITL_CLAIM_SECONDS", 900, minimum=30)
-HITL_BULK_MAX = env_int("HITL_BULK_MAX", 500, minimum=1)
-HITL_PAGE_SIZE = env_int("HITL_PAGE_SIZE", 50, minimum=1)
 
 LOGGING = {
     "version": 1,

@@ -1,0 +1,33 @@
+"""Celery tasks. Each is idempotent: safe to run twice, which acks_late may do."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
+
+from hitl import heartbeat
+from hitl.models import IdempotencyRecord
+from proposals import sweeps
+
+
+@shared_task(name="hitl.tasks.sweep", ignore_result=True)
+def sweep() -> dict[str, int]:
+    """Every timer, once: timeouts, escalations, reminders, SLA breaches, expired claims and
+    bypasses. Concurrent runs split the due rows (SKIP LOCKED) instead of repeating them."""
+    return sweeps.run_all().counts
+
+
+@shared_task(name="hitl.tasks.heartbeat", bind=True, ignore_result=True)
+def heartbeat_task(self: Any) -> None:
+    heartbeat.worker_alive(self.request.hostname)
+
+
+@shared_task(name="hitl.tasks.purge_idempotency_records", ignore_result=True)
+def purge_idempotency_records() -> int:
+    cutoff = timezone.now() - timedelta(hours=settings.HITL_IDEMPOTENCY_TTL_HOURS)
+    deleted, _ = IdempotencyRecord.objects.filter(created_at__lt=cutoff).delete()
+    return deleted

@@ -1,0 +1,146 @@
+"""Timer sweeps: set-based, chunked, safe to run concurrently.
+
+Each phase claims a chunk of due rows with `SELECT … FOR UPDATE SKIP LOCKED`, so two sweepers
+(two beats, a beat and `manage.py hitl_sweep`, …) split the work instead of doing it twice, and
+a row a reviewer is voting on right now is simply left for the next run. Every row then goes
+through its service (which re-checks the condition under the lock) and so through the one
+transition function: history, audit event and outbox row included.
+
+A chunk is one transaction: rows locked up front, then processed; the audit chain lock is
+taken only after every row lock is held (see proposals.services), so sweeps and voters cannot
+deadlock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from proposals import services
+from proposals.models import OPEN_STATUSES, Checkpoint, Proposal, Status
+
+logger = logging.getLogger(__name__)
+
+CHUNK_SIZE = 100
+MAX_CHUNKS_PER_PHASE = 1000  # a bound, so one run always ends; the next run continues
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    due: Callable[[datetime], Q]
+    order_by: str
+    apply: Callable[[Proposal, datetime], bool]
+
+
+def _dev_auto_approve(proposal: Proposal, now: datetime) -> bool:
+    return services.proposal_dev_auto_approve(proposal, now, settings.HITL_DEV_AUTO_APPROVE_SECONDS)
+
+
+PHASES: tuple[Phase, ...] = (
+    # Timeouts first: a proposal that is both overdue and due a reminder only times out.
+    Phase(
+        "timeout",
+        lambda now: Q(status__in=OPEN_STATUSES, due_at__lte=now),
+        "due_at",
+        services.proposal_expire,
+    ),
+    Phase(
+        "escalation",
+        lambda now: Q(status__in=OPEN_STATUSES, escalated_at__isnull=True, escalate_at__lte=now),
+        "escalate_at",
+        services.proposal_escalate,
+    ),
+    Phase(
+        "reminder",
+        lambda now: Q(status__in=OPEN_STATUSES, reminded_at__isnull=True, remind_at__lte=now),
+        "remind_at",
+        services.proposal_remind,
+    ),
+    Phase(
+        "sla",
+        lambda now: Q(status__in=OPEN_STATUSES, sla_breached_at__isnull=True, sla_due_at__lte=now),
+        "sla_due_at",
+        services.proposal_flag_sla_breach,
+    ),
+    Phase(
+        "claims",
+        lambda now: Q(claimed_until__lte=now),
+        "claimed_until",
+        services.proposal_release_expired_claim,
+    ),
+)
+
+DEV_AUTO_APPROVE_PHASE = Phase(
+    "dev_auto_approve",
+    lambda now: Q(status=Status.PENDING, created_at__lte=now - _dev_delta()),
+    "created_at",
+    _dev_auto_approve,
+)
+
+
+def _dev_delta() -> timedelta:
+    return timedelta(seconds=settings.HITL_DEV_AUTO_APPROVE_SECONDS)
+
+
+@dataclass
+class SweepReport:
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def run_phase(phase: Phase, *, now: datetime | None = None, chunk_size: int = CHUNK_SIZE) -> int:
+    done = 0
+    for _ in range(MAX_CHUNKS_PER_PHASE):
+        now_ = now or timezone.now()
+        with transaction.atomic():
+            rows = list(
+                Proposal.objects.select_for_update(skip_locked=True, no_key=True, of=("self",))
+                .select_related("checkpoint")
+                .filter(phase.due(now_))
+                .order_by(phase.order_by)[:chunk_size]
+            )
+            acted = 0
+            for proposal in rows:
+                proposal._hitl_locked = True  # type: ignore[attr-defined]
+                if phase.apply(proposal, now_):
+                    acted += 1
+        done += acted
+        if len(rows) < chunk_size or acted == 0:
+            break
+    return done
+
+
+def expire_bypasses(now: datetime | None = None) -> int:
+    """Bypasses end by themselves at bypass_until; this records that they did."""
+    now = now or timezone.now()
+    ended = 0
+    for checkpoint_id in Checkpoint.objects.filter(bypass_until__lte=now).values_list(
+        "pk", flat=True
+    ):
+        if services.checkpoint_bypass_end(checkpoint_id=checkpoint_id, actor=None, expired=True):
+            ended += 1
+    return ended
+
+
+def run_all(now: datetime | None = None) -> SweepReport:
+    report = SweepReport()
+    phases = list(PHASES)
+    if settings.HITL_DEV_AUTO_APPROVE_SECONDS:
+        phases.append(DEV_AUTO_APPROVE_PHASE)
+    for phase in phases:
+        report.counts[phase.name] = run_phase(phase, now=now)
+    report.counts["bypass_expired"] = expire_bypasses(now)
+    if report.total:
+        logger.info("sweep: %s", report.counts)
+    return report
