@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP now; websockets join the router when live updates land."""
+"""ASGI entry point: Django for HTTP, Channels for the websockets."""
 
 from __future__ import annotations
 
@@ -8,8 +8,16 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
 
-django_asgi_app = get_asgi_application()
+django_asgi_app = get_asgi_application()  # before importing code that touches models
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+from notifications.routing import websocket_urlpatterns  # noqa: E402
+from notifications.ws_auth import TokenOrSessionAuthMiddleware  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": TokenOrSessionAuthMiddleware(URLRouter(websocket_urlpatterns)),
+    }
+)

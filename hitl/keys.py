@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from hitl.models import ApiKey, ServiceAccount
+from notifications.crypto import encrypt, new_webhook_secret
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -93,5 +94,9 @@ def service_account_create(*, username: str, description: str = "") -> User:
         user = User.objects.create_user(username=username)  # type: ignore[attr-defined]
         user.set_unusable_password()
         user.save(update_fields=["password"])
-        ServiceAccount.objects.create(user=user, description=description)
+        ServiceAccount.objects.create(
+            user=user,
+            description=description,
+            signing_secret_encrypted=encrypt(new_webhook_secret()),
+        )
     return user

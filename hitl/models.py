@@ -15,10 +15,19 @@ class ServiceAccount(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="service_account"
     )
     description = models.TextField(blank=True)
+    # Signs this account's per-proposal callback_url webhooks (Standard Webhooks, encrypted
+    # at rest: it must be read back to sign).
+    signing_secret_encrypted = models.TextField(blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
         return self.user.get_username()
+
+    @property
+    def signing_secret(self) -> str:
+        from notifications.crypto import decrypt
+
+        return decrypt(self.signing_secret_encrypted)
 
 
 class ApiKey(models.Model):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from django.db import connection, transaction
 from django.utils import timezone
 
 from audit.services import jsonable
@@ -33,6 +34,7 @@ def outbox_emit(
             revision=proposal.revision,
         )
     payload.update(data or {})
+    _kick_relay_on_commit()
     return OutboxEvent.objects.create(
         topic=topic,
         proposal=proposal,
@@ -40,3 +42,13 @@ def outbox_emit(
         payload=jsonable(payload),
         created_at=timezone.now(),
     )
+
+
+def _kick_relay_on_commit() -> None:
+    """Once per transaction, however many events it writes: after commit, ask a worker to
+    relay. (Django keeps pending callbacks in connection.run_on_commit.)"""
+    from notifications.tasks import kick_relay
+
+    if any(entry[1] is kick_relay for entry in connection.run_on_commit):
+        return
+    transaction.on_commit(kick_relay, robust=True)

@@ -131,15 +131,15 @@ def reviewable_proposals_q(access: Access) -> Q:
     ) & ~Q(submitted_by_id=access.user_id)
 
 
-def eligible_reviewers(checkpoint: Checkpoint, *, exclude_user_id: int | None) -> QuerySet[Any]:
-    """Active users holding the review permission on this checkpoint, directly or through a
-    group; superusers only count when granted explicitly."""
+def holders(checkpoint: Checkpoint, codename: str, *, exclude_user_id: int | None = None) -> Any:
+    """Active users holding `codename` on this checkpoint, directly or through a group;
+    superusers only count when granted explicitly."""
     content_type = ContentType.objects.get_for_model(Checkpoint)
     direct = UserObjectPermission.objects.filter(
-        content_type=content_type, object_pk=str(checkpoint.pk), permission__codename=REVIEW
+        content_type=content_type, object_pk=str(checkpoint.pk), permission__codename=codename
     ).values("user_id")
     via_group = GroupObjectPermission.objects.filter(
-        content_type=content_type, object_pk=str(checkpoint.pk), permission__codename=REVIEW
+        content_type=content_type, object_pk=str(checkpoint.pk), permission__codename=codename
     ).values("group_id")
     users = (
         get_user_model()
@@ -149,6 +149,10 @@ def eligible_reviewers(checkpoint: Checkpoint, *, exclude_user_id: int | None) -
     if exclude_user_id is not None:
         users = users.exclude(pk=exclude_user_id)
     return users.distinct()
+
+
+def eligible_reviewers(checkpoint: Checkpoint, *, exclude_user_id: int | None) -> Any:
+    return holders(checkpoint, REVIEW, exclude_user_id=exclude_user_id)
 
 
 # --- granting ------------------------------------------------------------------------------

@@ -139,7 +139,9 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
-LOGIN_URL = "admin:login"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "queue"
+LOGOUT_REDIRECT_URL = "login"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -185,6 +187,19 @@ if HITL_DEV_AUTO_APPROVE_SECONDS and not DEBUG:
         "HITL_DEV_AUTO_APPROVE_SECONDS is a development setting: DEBUG is off."
     )
 
+# Delivery (notifications app).
+HITL_SECRETS_KEY = env_str("HITL_SECRETS_KEY", "")
+HITL_PUBLIC_URL = env_str("HITL_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+HITL_WEBHOOK_TIMEOUT_SECONDS = env_int("HITL_WEBHOOK_TIMEOUT_SECONDS", 15, minimum=1)
+# Webhook targets in these networks are allowed even though they are private/loopback
+# (e.g. "127.0.0.0/8" for a receiver on the same host). Empty: only public addresses.
+HITL_WEBHOOK_ALLOWED_NETWORKS = env_list("HITL_WEBHOOK_ALLOWED_NETWORKS", [])
+HITL_WEBHOOK_MAX_ATTEMPTS = env_int("HITL_WEBHOOK_MAX_ATTEMPTS", 15, minimum=1)
+HITL_EMAIL_DIGEST_MINUTES = env_int("HITL_EMAIL_DIGEST_MINUTES", 15, minimum=1)
+HITL_EMAIL_LINK_MAX_AGE_HOURS = env_int("HITL_EMAIL_LINK_MAX_AGE_HOURS", 72, minimum=1)
+HITL_RELAY_INTERVAL_SECONDS = env_int("HITL_RELAY_INTERVAL_SECONDS", 30, minimum=1)
+HITL_LIVE_SEND_TIMEOUT_SECONDS = env_int("HITL_LIVE_SEND_TIMEOUT_SECONDS", 2, minimum=1)
+
 CELERY_BROKER_URL = REDIS_URL
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -209,6 +224,16 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Sweeps are safe to run twice at once (SKIP LOCKED), so a plain interval is fine here.
     "hitl-sweep": {"task": "hitl.tasks.sweep", "schedule": HITL_SWEEP_INTERVAL_SECONDS},
     "hitl-heartbeat": {"task": "hitl.tasks.heartbeat", "schedule": 30.0},
+    # Safety nets: relays whose on-commit kick was lost, and webhook retries coming due.
+    "notifications-relay": {
+        "task": "notifications.tasks.relay_outbox",
+        "schedule": HITL_RELAY_INTERVAL_SECONDS,
+    },
+    "notifications-webhooks-due": {
+        "task": "notifications.tasks.deliver_due_webhooks",
+        "schedule": 10.0,
+    },
+    "notifications-digests": {"task": "notifications.tasks.send_digests", "schedule": 60.0},
     # Housekeeping runs at a fixed wall-clock time, which restarts do not shift.
     "hitl-purge-idempotency": {
         "task": "hitl.tasks.purge_idempotency_records",
@@ -226,4 +251,5 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
 }

@@ -1,0 +1,116 @@
+"""The outbox relay: turns committed OutboxEvent rows into deliveries.
+
+Kicked on commit of every transaction that wrote events (notifications.services), and run by
+beat every HITL_RELAY_INTERVAL_SECONDS as a safety net, so an event whose kick was lost (crash
+between commit and send, broker down) is relayed on the next pass. Batches are claimed with
+SKIP LOCKED: several relays split the work. Delivery is at-least-once; consumers dedupe by the
+event id (webhook-id, websocket `id`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from notifications import emails, live, webhooks
+from notifications.models import OutboxEvent, WebhookEndpoint
+from proposals.permissions import eligible_reviewers
+
+logger = logging.getLogger(__name__)
+
+BATCH_SIZE = 200
+NEW_WORK_TOPICS = ("proposal.submitted", "proposal.revised")
+INSTANT_EMAIL_TOPICS = (
+    "proposal.reminder",
+    "proposal.escalated",
+    "proposal.sla_breached",
+    "proposal.approved",
+    "proposal.rejected",
+    "proposal.changes_requested",
+    "proposal.cancelled",
+    "proposal.revoked",
+)
+
+
+def _live_messages(event: OutboxEvent) -> list[tuple[str, live.LiveMessage]]:
+    proposal = event.proposal
+    if proposal is None:
+        return []
+    message: live.LiveMessage = {
+        "type": "proposal.update",
+        "event": event.topic,
+        "id": str(event.pk),
+        "proposal": str(proposal.pk),
+        "checkpoint": proposal.checkpoint.slug,
+        "status": event.payload.get("status", proposal.status),
+        "revision": event.payload.get("revision", proposal.revision),
+        "version": event.created_at.isoformat(),
+    }
+    groups = live.groups_for(
+        checkpoint_id=proposal.checkpoint_id,
+        submitter_id=proposal.submitted_by_id,
+        proposal_id=proposal.pk,
+        escalated=proposal.escalated_at is not None,
+    )
+    return [(group, message) for group in groups]
+
+
+def relay_batch(limit: int = BATCH_SIZE) -> int:
+    endpoints = list(WebhookEndpoint.objects.filter(active=True))
+    with transaction.atomic():
+        events = list(
+            OutboxEvent.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(dispatched_at__isnull=True)
+            .select_related("proposal__checkpoint", "proposal__submitted_by")
+            .order_by("created_at")[:limit]
+        )
+        if not events:
+            return 0
+        delivery_ids: list[Any] = []
+        email_event_ids: list[Any] = []
+        messages: list[tuple[str, live.LiveMessage]] = []
+        for event in events:
+            delivery_ids += [d.pk for d in webhooks.plan_deliveries(event, endpoints)]
+            messages += _live_messages(event)
+            proposal = event.proposal
+            if proposal is None:
+                continue
+            if event.topic in NEW_WORK_TOPICS and event.payload.get("status") == "pending":
+                reviewers = eligible_reviewers(
+                    proposal.checkpoint, exclude_user_id=proposal.submitted_by_id
+                )
+                emails.queue_new_work(proposal, list(reviewers))
+            elif event.topic in INSTANT_EMAIL_TOPICS:
+                email_event_ids.append(event.pk)
+        OutboxEvent.objects.filter(pk__in=[e.pk for e in events]).update(
+            dispatched_at=timezone.now()
+        )
+        transaction.on_commit(lambda: _after_commit(delivery_ids, email_event_ids, messages))
+    return len(events)
+
+
+def _after_commit(
+    delivery_ids: list[Any],
+    email_event_ids: list[Any],
+    messages: list[tuple[str, live.LiveMessage]],
+) -> None:
+    from notifications import tasks
+
+    live.broadcast(messages)
+    for delivery_id in delivery_ids:
+        tasks.enqueue(tasks.deliver_webhook, str(delivery_id))
+    for event_id in email_event_ids:
+        tasks.enqueue(tasks.send_event_email, str(event_id))
+
+
+def relay_all(max_batches: int = 50) -> int:
+    total = 0
+    for _ in range(max_batches):
+        count = relay_batch()
+        total += count
+        if count < BATCH_SIZE:
+            break
+    return total

@@ -1,0 +1,336 @@
+"""Standard Webhooks delivery: planning, signing, sending, retrying.
+
+A delivery is claimed with a short lease (`next_attempt_at` pushed forward under
+`SELECT … FOR UPDATE SKIP LOCKED`) before the HTTP call, so two workers never send the same
+attempt, and a worker that dies mid-call only delays it until the lease runs out. Retries wait
+in the database (`next_attempt_at`), not in the broker, so no countdown ever outlives the Redis
+visibility timeout.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import random
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from standardwebhooks import Webhook
+
+from notifications.crypto import encrypt, new_webhook_secret
+from notifications.models import (
+    DeliveryAttempt,
+    DeliveryStatus,
+    OutboxEvent,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
+
+logger = logging.getLogger(__name__)
+
+# Seconds to wait after attempt n (1-based) fails: about three days (272,555 s) over 15
+# attempts, then give up (HITL_WEBHOOK_MAX_ATTEMPTS).
+BACKOFF_SECONDS = (
+    5,
+    30,
+    120,
+    600,
+    1800,
+    3600,
+    7200,
+    14400,
+    28800,
+    43200,
+    43200,
+    43200,
+    43200,
+    43200,
+)
+LEASE_SECONDS = 60
+
+
+class UnsafeTarget(ValueError):
+    pass
+
+
+def _allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(n, strict=False) for n in settings.HITL_WEBHOOK_ALLOWED_NETWORKS]
+
+
+def check_target(url: str) -> None:
+    """Refuse URLs that resolve to loopback, private, link-local, multicast or reserved
+    addresses (SSRF into the internal network) unless HITL_WEBHOOK_ALLOWED_NETWORKS allows
+    them. Checked at registration and again before every attempt (DNS can change)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UnsafeTarget("Webhook URLs must be absolute http(s) URLs.")
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UnsafeTarget(f"Cannot resolve {parts.hostname}: {exc}") from None
+    allowed = _allowed_networks()
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        internal = (
+            address.is_private
+            or address.is_loopback
+            or address.is_link_local
+            or address.is_multicast
+            or address.is_reserved
+            or address.is_unspecified
+        )
+        if internal and not any(address in network for network in allowed):
+            raise UnsafeTarget(
+                f"{parts.hostname} resolves to {address}, a non-public address; "
+                "allow it with HITL_WEBHOOK_ALLOWED_NETWORKS."
+            )
+
+
+@dataclass(frozen=True)
+class CreatedEndpoint:
+    endpoint: WebhookEndpoint
+    secret: str  # shown once to whoever registered it
+
+
+def endpoint_create(
+    *,
+    name: str,
+    url: str,
+    events: list[str] | None = None,
+    checkpoint: Any = None,
+    created_by: Any = None,
+) -> CreatedEndpoint:
+    check_target(url)
+    secret = new_webhook_secret()
+    endpoint = WebhookEndpoint.objects.create(
+        name=name,
+        url=url,
+        secret_encrypted=encrypt(secret),
+        events=events or [],
+        checkpoint=checkpoint,
+        created_by=created_by,
+    )
+    return CreatedEndpoint(endpoint, secret)
+
+
+# --- planning (called by the relay, inside its transaction) ---------------------------------
+
+
+def plan_deliveries(event: OutboxEvent, endpoints: list[WebhookEndpoint]) -> list[WebhookDelivery]:
+    """One delivery per interested endpoint, plus the proposal's callback_url. Idempotent:
+    the unique constraints make a second planning of the same event a no-op."""
+    now = timezone.now()
+    planned = []
+    targets: list[tuple[WebhookEndpoint | None, str]] = [
+        (endpoint, endpoint.url)
+        for endpoint in endpoints
+        if endpoint.wants(event.topic, event.checkpoint_id)
+    ]
+    proposal = event.proposal
+    if proposal is not None and proposal.callback_url:
+        targets.append((None, proposal.callback_url))
+    for endpoint, url in targets:
+        try:
+            with transaction.atomic():
+                planned.append(
+                    WebhookDelivery.objects.create(
+                        event=event,
+                        endpoint=endpoint,
+                        url=url,
+                        next_attempt_at=now,
+                        created_at=now,
+                    )
+                )
+        except IntegrityError:
+            continue  # planned by an earlier run of the relay
+    return planned
+
+
+# --- sending ------------------------------------------------------------------------------
+
+
+def message_body(event: OutboxEvent) -> str:
+    return json.dumps(
+        {"type": event.topic, "timestamp": event.created_at.isoformat(), "data": event.payload},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+def _signing_secret(delivery: WebhookDelivery) -> str | None:
+    if delivery.endpoint is not None:
+        return delivery.endpoint.secret
+    proposal = delivery.event.proposal
+    account = getattr(proposal.submitted_by, "service_account", None) if proposal else None
+    if account is None or not account.signing_secret_encrypted:
+        return None
+    return str(account.signing_secret)
+
+
+def signed_headers(msg_id: str, secret: str, body: str, at: datetime) -> dict[str, str]:
+    signature = Webhook(secret).sign(msg_id, at, body)
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": signature,
+        "content-type": "application/json",
+        "user-agent": "NihilObstat-Webhooks/1",
+    }
+
+
+def _claim(delivery_id: Any) -> WebhookDelivery | None:
+    """Take the attempt: due, pending and not being sent by anyone else."""
+    now = timezone.now()
+    with transaction.atomic():
+        delivery = (
+            WebhookDelivery.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("endpoint", "event__proposal__submitted_by__service_account")
+            .filter(pk=delivery_id, status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
+            .first()
+        )
+        if delivery is None:
+            return None
+        if delivery.endpoint is not None and not delivery.endpoint.active:
+            delivery.status = DeliveryStatus.CANCELLED
+            delivery.last_error = "endpoint disabled"
+            delivery.save(update_fields=["status", "last_error"])
+            return None
+        delivery.attempts += 1
+        delivery.next_attempt_at = now + timedelta(seconds=LEASE_SECONDS)
+        delivery.save(update_fields=["attempts", "next_attempt_at"])
+    return delivery
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - timezone.now()).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+def backoff(attempt: int) -> float:
+    base = BACKOFF_SECONDS[min(attempt, len(BACKOFF_SECONDS)) - 1]
+    return base * random.uniform(0.8, 1.2)  # jitter: failed receivers aren't hit in lockstep
+
+
+def deliver(delivery_id: Any, *, client: httpx.Client | None = None) -> str | None:
+    """Make one attempt if the delivery is due. Returns the resulting status, or None when
+    there was nothing to do (already delivered, not due, or another worker has it)."""
+    delivery = _claim(delivery_id)
+    if delivery is None:
+        return None
+    started = timezone.now()
+    clock = time.monotonic()
+    status_code: int | None = None
+    error = ""
+    retry_after: float | None = None
+    try:
+        check_target(delivery.url)
+        secret = _signing_secret(delivery)
+        if secret is None:
+            raise UnsafeTarget("no signing secret for this callback (not a service account)")
+        body = message_body(delivery.event)
+        headers = signed_headers(str(delivery.event_id), secret, body, started)
+        own_client = client or httpx.Client(
+            timeout=settings.HITL_WEBHOOK_TIMEOUT_SECONDS, follow_redirects=False
+        )
+        try:
+            response = own_client.post(delivery.url, content=body.encode(), headers=headers)
+        finally:
+            if client is None:
+                own_client.close()
+        status_code = response.status_code
+        retry_after = _retry_after(response) if status_code in (429, 503) else None
+    except UnsafeTarget as exc:
+        error = f"refused: {exc}"
+    except httpx.HTTPError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    duration_ms = int((time.monotonic() - clock) * 1000)
+    return _record_attempt(delivery, started, duration_ms, status_code, error, retry_after)
+
+
+def _record_attempt(
+    delivery: WebhookDelivery,
+    started: datetime,
+    duration_ms: int,
+    status_code: int | None,
+    error: str,
+    retry_after: float | None,
+) -> str:
+    now = timezone.now()
+    with transaction.atomic():
+        DeliveryAttempt.objects.create(
+            delivery=delivery,
+            number=delivery.attempts,
+            started_at=started,
+            duration_ms=duration_ms,
+            status_code=status_code,
+            error=error[:2000],
+        )
+        fields = ["status", "last_status_code", "last_error", "next_attempt_at"]
+        delivery.last_status_code = status_code
+        delivery.last_error = error[:2000]
+        if status_code is not None and 200 <= status_code < 300:
+            delivery.status = DeliveryStatus.DELIVERED
+            delivery.delivered_at = now
+            fields.append("delivered_at")
+        elif status_code == 410 and delivery.endpoint is not None:
+            # Gone: the receiver asks us to stop. Disable the endpoint, drop what is queued.
+            delivery.status = DeliveryStatus.CANCELLED
+            WebhookEndpoint.objects.filter(pk=delivery.endpoint.pk).update(
+                active=False, disabled_reason=f"410 Gone at {now.isoformat()}"
+            )
+            WebhookDelivery.objects.filter(
+                endpoint_id=delivery.endpoint.pk, status=DeliveryStatus.PENDING
+            ).exclude(pk=delivery.pk).update(
+                status=DeliveryStatus.CANCELLED, last_error="endpoint disabled (410)"
+            )
+        elif status_code == 410 or delivery.attempts >= settings.HITL_WEBHOOK_MAX_ATTEMPTS:
+            delivery.status = DeliveryStatus.FAILED
+        else:
+            wait = retry_after if retry_after is not None else backoff(delivery.attempts)
+            delivery.next_attempt_at = now + timedelta(seconds=wait)
+        delivery.save(update_fields=fields)
+    if delivery.status != DeliveryStatus.DELIVERED:
+        logger.info(
+            "webhook %s attempt %s → %s %s",
+            delivery.pk,
+            delivery.attempts,
+            status_code,
+            error or delivery.status,
+        )
+    return delivery.status
+
+
+def redeliver(delivery: WebhookDelivery) -> None:
+    """Admin action: send again now (same webhook-id), whatever happened before."""
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(
+        status=DeliveryStatus.PENDING, next_attempt_at=timezone.now()
+    )
+
+
+def due_delivery_ids(limit: int = 500) -> list[Any]:
+    return list(
+        WebhookDelivery.objects.filter(
+            status=DeliveryStatus.PENDING, next_attempt_at__lte=timezone.now()
+        )
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:limit]
+    )
