@@ -308,3 +308,42 @@ class AuditEventOutputSerializer(serializers.ModelSerializer[AuditEvent]):
             "prev_hash",
             "hash",
         ]
+
+
+WEBHOOK_EVENTS = (
+    "proposal.submitted",
+    "proposal.vote_cast",
+    "proposal.changes_requested",
+    "proposal.revised",
+    "proposal.approved",
+    "proposal.rejected",
+    "proposal.cancelled",
+    "proposal.revoked",
+    "proposal.escalated",
+    "proposal.reminder",
+    "proposal.sla_breached",
+    "checkpoint.bypassed",
+    "proposal.edited",
+    "proposal.claimed",
+    "proposal.released",
+)
+
+
+class WebhookEndpointInputSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    url = serializers.URLField(max_length=500)
+    events = serializers.ListField(
+        child=serializers.ChoiceField(choices=WEBHOOK_EVENTS), required=False, default=list
+    )
+    checkpoint = serializers.SlugField(required=False, allow_null=True, default=None)
+
+
+class WebhookEndpointOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    url = serializers.URLField()
+    events = serializers.ListField(child=serializers.CharField())
+    checkpoint = serializers.CharField(source="checkpoint.slug", allow_null=True, default=None)
+    active = serializers.BooleanField()
+    disabled_reason = serializers.CharField()
+    created_at = serializers.DateTimeField()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from hitl.api import views
+from hitl.api import views, webhook_views
 
 app_name = "api"
 
@@ -32,5 +32,11 @@ urlpatterns = [
     path("proposals/<str:proposal_id>/claim/", views.ClaimView.as_view(), name="proposal-claim"),
     path(
         "proposals/<str:proposal_id>/events/", views.EventListView.as_view(), name="proposal-events"
+    ),
+    path("webhooks/", webhook_views.WebhookListCreateView.as_view(), name="webhook-list"),
+    path(
+        "webhooks/<str:endpoint_id>/",
+        webhook_views.WebhookDetailView.as_view(),
+        name="webhook-detail",
     ),
 ]
