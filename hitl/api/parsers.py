@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from django.conf import settings
@@ -10,14 +11,23 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
 
-def _reject_nul(value: Any) -> None:
-    # PostgreSQL text and jsonb cannot hold U+0000; refusing it here keeps it a 400.
+def _reject_unstorable(value: Any) -> None:
+    """Refuse what parses as JSON but cannot be stored: U+0000 and lone surrogates
+    (PostgreSQL text and jsonb cannot hold them) and numbers that overflow to infinity
+    (`1e400`). A 400 here instead of a 500 at the database."""
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, str):
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise ParseError("Numbers must be finite (this one overflows a double).")
+        elif isinstance(item, str):
             if "\x00" in item:
                 raise ParseError("Strings may not contain the NUL character (\\u0000).")
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ParseError("Strings must be valid Unicode (lone surrogate escape).") from None
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
@@ -37,7 +47,7 @@ class StrictJSONParser(JSONParser):
             data = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
         except (ValueError, RecursionError) as exc:
             raise ParseError(f"JSON parse error: {exc}") from None
-        _reject_nul(data)
+        _reject_unstorable(data)
         return data
 
 

@@ -43,7 +43,10 @@ class JSONObjectField(serializers.JSONField):
 
 class FiniteFloatField(serializers.FloatField):
     def to_internal_value(self, data: Any) -> float:
-        value = super().to_internal_value(data)
+        try:
+            value = super().to_internal_value(data)
+        except OverflowError:  # float(10**400): DRF only catches TypeError/ValueError
+            raise serializers.ValidationError("Must be a finite number.") from None
         if not math.isfinite(value):
             raise serializers.ValidationError("Must be a finite number.")
         return value
