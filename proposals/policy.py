@@ -53,6 +53,17 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality: unlike Python's, true is not 1 and false is not 0, at any depth."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
 def condition_matches(condition: dict[str, Any], payload: Any) -> bool:
     """True when the condition holds. Missing paths and type mismatches never match (except
     `exists: false`), so a malformed payload cannot raise: it simply does not match."""
@@ -64,9 +75,9 @@ def condition_matches(condition: dict[str, Any], payload: Any) -> bool:
     if actual is _MISSING:
         return False
     if op == "eq":
-        return bool(actual == expected)
+        return _same(actual, expected)
     if op == "ne":
-        return bool(actual != expected)
+        return not _same(actual, expected)
     if op in ("gt", "gte", "lt", "lte"):
         comparable = (_is_number(actual) and _is_number(expected)) or (
             isinstance(actual, str) and isinstance(expected, str)
@@ -80,12 +91,12 @@ def condition_matches(condition: dict[str, Any], payload: Any) -> bool:
             "lte": actual <= expected,
         }[op]
     if op == "in":
-        return isinstance(expected, list) and actual in expected
+        return isinstance(expected, list) and any(_same(actual, item) for item in expected)
     if op == "contains":
         if isinstance(actual, str):
             return isinstance(expected, str) and expected in actual
         if isinstance(actual, list):
-            return expected in actual
+            return any(_same(item, expected) for item in actual)
         if isinstance(actual, dict):
             return isinstance(expected, str) and expected in actual
         return False
@@ -259,7 +270,7 @@ def validate_checkpoint_policy(
     except ValidationError as exc:
         raise ValidationError({"review_when": exc.messages}) from None
     if not isinstance(sla_seconds, dict) or any(
-        key not in PRIORITIES or not isinstance(value, int) or value <= 0
+        key not in PRIORITIES or isinstance(value, bool) or not isinstance(value, int) or value <= 0
         for key, value in sla_seconds.items()
     ):
         raise ValidationError(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import jsonpatch
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Count
 from django.utils import timezone
@@ -83,7 +84,7 @@ def lock_proposal(proposal_id: Any) -> Proposal:
             .select_related("checkpoint")
             .get(pk=proposal_id)
         )
-    except (Proposal.DoesNotExist, ValueError, TypeError):
+    except (Proposal.DoesNotExist, ValueError, TypeError, DjangoValidationError):
         raise NotFound("Proposal not found.") from None
     proposal._hitl_locked = True  # type: ignore[attr-defined]
     return proposal
@@ -667,8 +668,12 @@ def proposal_revoke(
         raise Unprocessable("A reason is required to revoke.", details={"reason": "required"})
     with transaction.atomic():
         proposal = lock_proposal(proposal_id)
+        # An approver is someone whose approve counted: a vote on the approved revision.
         approved_it = Vote.objects.filter(
-            proposal=proposal, reviewer_id=access.user_id, decision=Decision.APPROVE
+            proposal=proposal,
+            revision=proposal.revision,
+            reviewer_id=access.user_id,
+            decision=Decision.APPROVE,
         ).exists()
         if not (access.may_manage(proposal) or (approved_it and access.may_review(proposal))):
             if access.may_view(proposal):
