@@ -168,7 +168,8 @@ class StatusFilter(admin.SimpleListFilter):
         return queryset
 
 
-# What each bulk kind calls; decisions are votes on the revision the confirmation page showed.
+# The bulk kinds: the three votes (bound to the revision the confirmation page showed), cancel
+# and revoke.
 BULK_LABELS = {
     Decision.APPROVE: "Approve",
     Decision.REJECT: "Reject",

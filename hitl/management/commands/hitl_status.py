@@ -31,12 +31,13 @@ def collect() -> dict[str, Any]:
     for checkpoint in Checkpoint.objects.order_by("slug"):
         row = per_checkpoint.get(checkpoint.pk, {})
         oldest = row.get("oldest")
-        bypass = checkpoint.bypass_until is not None and checkpoint.bypass_until > now
+        bypass_until = checkpoint.bypass_until
+        active_bypass = bypass_until.isoformat() if bypass_until and bypass_until > now else None
         checkpoints.append(
             {
                 "slug": checkpoint.slug,
                 "enabled": checkpoint.enabled,
-                "bypass_until": checkpoint.bypass_until.isoformat() if bypass else None,
+                "bypass_until": active_bypass,
                 "pending": row.get("pending", 0),
                 "changes_requested": row.get("changes_requested", 0),
                 "oldest_pending_age_seconds": (
