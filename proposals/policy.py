@@ -139,7 +139,10 @@ def route(
             )
     if confidence is not None and auto_reject_below is not None and confidence < auto_reject_below:
         return Route("reject", "policy", f"confidence {confidence} below {auto_reject_below}")
-    if confidence is not None and auto_approve_at is not None and confidence >= auto_approve_at:
+    # A missing confidence counts as 0: only a threshold of 0 ("approve whatever review_when
+    # lets through") approves it. It is never auto-rejected: absence is not low confidence.
+    effective = confidence if confidence is not None else 0.0
+    if auto_approve_at is not None and effective >= auto_approve_at:
         if sample_rate > 0 and sample_fraction(proposal_id) < sample_rate:
             return Route("review", "", "sampled for spot-check")
         return Route("approve", "policy", f"confidence {confidence} at or above {auto_approve_at}")

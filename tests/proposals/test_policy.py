@@ -43,10 +43,10 @@ ROUTE_TABLE: list[tuple[str, dict[str, Any], str, str]] = [
     ("no policy at all: review", {}, "review", ""),
     ("no confidence: review", {"confidence": None, "auto_approve_at": 0.5}, "review", ""),
     (
-        "no confidence never auto-approves, even at threshold 0",
+        "no confidence is approved only by a threshold of 0",
         {"confidence": None, "auto_approve_at": 0.0},
-        "review",
-        "",
+        "approve",
+        "policy",
     ),
     (
         "no confidence never auto-rejects",

@@ -158,7 +158,14 @@ ROUTING_TABLE: list[tuple[str, dict[str, Any], dict[str, Any], str, str]] = [
         "policy",
     ),
     ("below auto-approve: review", {"auto_approve_at": 0.8}, {"confidence": 0.79}, "pending", ""),
-    ("no confidence: review", {"auto_approve_at": 0.0}, {"confidence": None}, "pending", ""),
+    ("no confidence: review", {"auto_approve_at": 0.5}, {"confidence": None}, "pending", ""),
+    (
+        "no confidence at threshold 0: policy",
+        {"auto_approve_at": 0.0},
+        {"confidence": None},
+        "approved",
+        "policy",
+    ),
     (
         "auto-reject by confidence",
         {"auto_reject_below": 0.3, "auto_approve_at": 0.9},
