@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
 KEY_SCHEME = "nok"  # "nihil obstat key"; a recognisable prefix lets secret scanners find leaks
+_PREFIX = re.compile(r"[0-9a-f]{12}")
+_SECRET = re.compile(r"[A-Za-z0-9_-]{20,100}")
 
 
 def _digest(secret: str) -> str:
@@ -72,8 +75,8 @@ def api_key_authenticate(token: str) -> ApiKey | None:
     """The live key for this token, or None. Constant-time on the secret part."""
     scheme, _, rest = token.partition("_")
     prefix, _, secret = rest.partition("_")
-    if scheme != KEY_SCHEME or not prefix or not secret:
-        return None
+    if scheme != KEY_SCHEME or not _PREFIX.fullmatch(prefix) or not _SECRET.fullmatch(secret):
+        return None  # malformed: never reaches the database (NUL bytes and friends)
     api_key = ApiKey.objects.select_related("user").filter(prefix=prefix).first()
     if api_key is None or not hmac.compare_digest(api_key.key_hash, _digest(secret)):
         return None

@@ -50,7 +50,12 @@ def proposal_list(access: Access, filters: ProposalFilters) -> QuerySet[Proposal
     if filters.status:
         qs = qs.filter(status__in=filters.status)
     if filters.checkpoint:
-        qs = qs.filter(checkpoint__slug=filters.checkpoint)
+        # Resolve the slug first: filtering on checkpoint_id lets the per-checkpoint partial
+        # index serve the query (a join on slug would not).
+        checkpoint_id = (
+            Checkpoint.objects.filter(slug=filters.checkpoint).values_list("pk", flat=True).first()
+        )
+        qs = qs.filter(checkpoint_id=checkpoint_id) if checkpoint_id else qs.none()
     if filters.region:
         qs = qs.filter(region=filters.region)
     if filters.priority:

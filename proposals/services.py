@@ -33,6 +33,7 @@ from proposals.errors import (
     AlreadyVoted,
     ClaimedByOther,
     Conflict,
+    IdempotencyMismatch,
     InvalidTransition,
     NotFound,
     PermissionDenied,
@@ -267,7 +268,15 @@ def proposal_submit(
             updated_at=now,
         )
         proposal._history_user = submitter  # type: ignore[attr-defined]
-        proposal.save(force_insert=True)
+        try:
+            with transaction.atomic():
+                proposal.save(force_insert=True)
+        except IntegrityError:
+            # Only the (submitter, idempotency_key) constraint can fail on a fresh UUID: the
+            # key's API record expired (HITL_IDEMPOTENCY_TTL_HOURS) but keys stay unique.
+            raise IdempotencyMismatch(
+                "This Idempotency-Key was already used for another proposal."
+            ) from None
         # Created in this transaction: invisible to everyone else, so as good as locked.
         proposal._hitl_locked = True  # type: ignore[attr-defined]
         Revision.objects.create(

@@ -153,7 +153,9 @@ class ProposalBulkView(BaseView):
                 try:
                     # Each item in its own savepoint: one bad item never undoes the others.
                     with transaction.atomic():
-                        proposal = _submit_one(self, item, f"{key}:{index}" if key else None)
+                        # Idempotency is per request here (the record below); items carry
+                        # no domain key, so they can never collide with single submits.
+                        proposal = _submit_one(self, item, None)
                     results.append(
                         {
                             "index": index,
