@@ -7,6 +7,7 @@ twice at once (SKIP LOCKED), so even a lock handover cannot double anything.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from typing import Any
@@ -32,6 +33,12 @@ return 0
 """
 
 
+_RELEASE_IF_OURS = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
 class LeaderLock:
     def __init__(self, client: redis.Redis, key: str = LOCK_KEY, ttl_ms: int = LOCK_TTL_MS):
         self.client = client
@@ -39,6 +46,7 @@ class LeaderLock:
         self.ttl_ms = ttl_ms
         self.token = uuid.uuid4().hex
         self._script = client.register_script(_ACQUIRE_OR_RENEW)
+        self._release_script = client.register_script(_RELEASE_IF_OURS)
 
     def hold(self) -> bool:
         try:
@@ -48,11 +56,9 @@ class LeaderLock:
             return False
 
     def release(self) -> None:
-        try:
-            if self.client.get(self.key) == self.token.encode():
-                self.client.delete(self.key)
-        except redis.RedisError:
-            pass
+        # Compare-and-delete in one step: never delete a lock another beat took since.
+        with contextlib.suppress(redis.RedisError):
+            self._release_script(keys=[self.key], args=[self.token])
 
 
 class LeaderScheduler(PersistentScheduler):
@@ -62,7 +68,10 @@ class LeaderScheduler(PersistentScheduler):
         super().__init__(*args, **kwargs)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
-        heartbeat.beat_alive()
+        try:
+            heartbeat.beat_alive()
+        except Exception:  # Redis down: stand by (hold() fails too) rather than crash beat
+            logger.warning("beat: cannot record the heartbeat", exc_info=True)
         leading = self.leader_lock.hold()
         if leading != self.leading:
             logger.info("beat: %s", "leading" if leading else "standing by (another beat leads)")

@@ -36,12 +36,12 @@ def prepare_command_environment(argv: list[str]) -> None:
     if command == "up":
         os.environ.setdefault("DEBUG", "true")
         if not os.environ.get("SECRET_KEY"):
-            os.environ["SECRET_KEY"] = load_or_create_secret_key()
+            os.environ["SECRET_KEY"] = load_or_create_secret_key(SECRET_KEY_FILE)
     elif command == "run_tests":
         os.environ["DJANGO_SETTINGS_MODULE"] = TEST_SETTINGS
 
 
-def load_or_create_secret_key(path: Path = SECRET_KEY_FILE) -> str:
+def load_or_create_secret_key(path: Path) -> str:
     """The embedded install's SECRET_KEY: generated once, then reused so sessions and signed
     links survive restarts. Readable by the owner only."""
     try:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
 from celery import shared_task
+from celery.signals import worker_ready
 from django.conf import settings
 from django.utils import timezone
 
 from hitl import heartbeat
 from hitl.models import IdempotencyRecord
 from proposals import sweeps
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(name="hitl.tasks.sweep", ignore_result=True)
@@ -31,3 +35,12 @@ def purge_idempotency_records() -> int:
     cutoff = timezone.now() - timedelta(hours=settings.HITL_IDEMPOTENCY_TTL_HOURS)
     deleted, _ = IdempotencyRecord.objects.filter(created_at__lt=cutoff).delete()
     return deleted
+
+
+@worker_ready.connect
+def _heartbeat_on_start(sender: Any = None, **kwargs: Any) -> None:
+    """A worker is alive from its first second, not from beat's first heartbeat tick."""
+    try:
+        heartbeat.worker_alive(getattr(sender, "hostname", None))
+    except Exception:  # Redis not up yet: the periodic heartbeat will record it
+        logger.warning("could not record the worker heartbeat at start", exc_info=True)

@@ -916,14 +916,19 @@ def checkpoint_bypass_start(
 
 
 def checkpoint_bypass_end(
-    *, checkpoint_id: int, actor: User | None, reason: str = "", expired: bool = False
+    *,
+    checkpoint_id: int,
+    actor: User | None,
+    reason: str = "",
+    expired: bool = False,
+    now: Any = None,
 ) -> bool:
     """End a bypass (by hand, or when it ran out: `expired`). False when none was recorded."""
     with transaction.atomic():
         checkpoint = _lock_checkpoint(checkpoint_id)
         if checkpoint.bypass_until is None:
             return False
-        if expired and checkpoint.bypass_until > timezone.now():
+        if expired and checkpoint.bypass_until > (now or timezone.now()):
             return False  # extended meanwhile
         ended = checkpoint.bypass_until
         checkpoint.bypass_until = None

@@ -128,7 +128,9 @@ def expire_bypasses(now: datetime | None = None) -> int:
     for checkpoint_id in Checkpoint.objects.filter(bypass_until__lte=now).values_list(
         "pk", flat=True
     ):
-        if services.checkpoint_bypass_end(checkpoint_id=checkpoint_id, actor=None, expired=True):
+        if services.checkpoint_bypass_end(
+            checkpoint_id=checkpoint_id, actor=None, expired=True, now=now
+        ):
             ended += 1
     return ended
 

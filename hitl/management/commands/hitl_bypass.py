@@ -50,7 +50,11 @@ class Command(BaseCommand):
             return
         if not options["duration"]:
             raise CommandError("Give --duration (e.g. --duration 1h) or --end.")
-        until = timezone.now() + parse_duration(options["duration"])
+        try:
+            until = timezone.now() + parse_duration(options["duration"])
+        except OverflowError:
+            duration = options["duration"]
+            raise CommandError(f"--duration {duration} is beyond the calendar.") from None
         try:
             services.checkpoint_bypass_start(
                 checkpoint_id=checkpoint.pk, actor=None, until=until, reason=options["reason"]

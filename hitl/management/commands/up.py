@@ -110,6 +110,7 @@ class Command(BaseCommand):
         self.out = Output(sys.stdout, color=sys.stdout.isatty())
         self.children: list[Child] = []
         self.redis: embedded.EmbeddedRedis | None = None
+        self.redis_pump: threading.Thread | None = None
         self.stop_signal: int | None = None
         self.run_dir = options["run_dir"] or Path(
             getattr(settings, "RUN_DIR", Path(settings.BASE_DIR) / ".run")
@@ -160,7 +161,7 @@ class Command(BaseCommand):
             except RuntimeError as exc:
                 raise CommandError(str(exc)) from None
             if self.redis.process.stdout is not None:
-                self.out.pump("redis", self.redis.process.stdout)
+                self.redis_pump = self.out.pump("redis", self.redis.process.stdout)
             env["REDIS_URL"] = self.redis.url
         return env
 
@@ -318,6 +319,8 @@ class Command(BaseCommand):
                 child.pump.join(timeout=2)
         if self.redis is not None:
             self.redis.stop()
+            if self.redis_pump is not None:
+                self.redis_pump.join(timeout=2)
         if self.children or self.redis is not None:
             self.out.line("up", "stopped")
 

@@ -1,0 +1,345 @@
+"""A real Celery worker (with beat embedded) on Redis against this run's test database.
+
+The worker runs as a subprocess with DATABASE_URL pointing at the database pytest-django created
+for this process, and REDIS_URL at a Redis database of its own (claimed for the test and
+flushed afterwards), so it never picks up another run's messages. Every subprocess is stopped in
+a `finally`. Run with `-s` to see the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from datetime import timedelta
+from io import StringIO
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psutil
+import psycopg
+import pytest
+import redis
+from celery import Celery
+from django.conf import settings
+from django.core.management import call_command
+from django.db import connection
+from django.test import override_settings
+from django.utils import timezone
+
+from audit.models import AuditEvent
+from audit.services import AUDIT_LOCK_CLASS
+from hitl import heartbeat
+from notifications.models import OutboxEvent
+from proposals.models import Proposal, Resolution, Status
+from tests.factories import submit
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+BASE_DIR = Path(settings.BASE_DIR)
+CELERY = str(BASE_DIR / ".venv" / "bin" / "celery")
+REDIS_HOST = "redis://127.0.0.1:6379"
+CLAIM_DB = 15  # where the claims on the other databases are recorded
+
+
+# --- harness (also used by test_beat_leader) -----------------------------------------------
+
+
+@contextmanager
+def private_redis_db() -> Iterator[str]:
+    """A Redis database nobody uses (empty, and claimed in db 15 for the test's length);
+    flushed afterwards. Yields its URL."""
+    registry = redis.Redis.from_url(f"{REDIS_HOST}/{CLAIM_DB}")
+    for number in range(14, 0, -1):
+        claim = f"nihil:test:redis-db-claim:{number}"
+        if not registry.set(claim, os.getpid(), nx=True, ex=900):
+            continue
+        candidate = redis.Redis.from_url(f"{REDIS_HOST}/{number}")
+        if candidate.dbsize() == 0:
+            break
+        registry.delete(claim)
+    else:
+        pytest.fail("no free Redis database in 1..14")
+    try:
+        yield f"{REDIS_HOST}/{number}"
+    finally:
+        candidate.flushdb()
+        registry.delete(claim)
+
+
+def database_url() -> str:
+    """The database this pytest process tests against, as a URL for a subprocess."""
+    db = connection.settings_dict
+    auth = quote(db["USER"] or "", safe="")
+    if db.get("PASSWORD"):
+        auth += ":" + quote(db["PASSWORD"], safe="")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def subprocess_env(redis_url: str, **extra: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DJANGO_", "HITL_", "CELERY_", "PYTEST_"))
+        and key not in ("DATABASE_URL", "REDIS_URL", "DEBUG")
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings.test",
+        DATABASE_URL=database_url(),
+        REDIS_URL=redis_url,
+        DB_CONN_MAX_AGE="0",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+class Proc:
+    """A subprocess in its own session, its output in a log file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log_path = log
+        self._log = log.open("wb")
+        self.popen = subprocess.Popen(
+            args,
+            cwd=BASE_DIR,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.output())
+            if match:
+                return match
+            if self.popen.poll() is not None:
+                break
+            time.sleep(0.1)
+        tail = self.output()[-4000:]
+        raise AssertionError(f"{pattern!r} not seen (exit {self.popen.poll()}); output:\n{tail}")
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM to the main process (a warm shutdown lets running tasks finish), then
+        SIGKILL for whatever of its session is left."""
+        try:
+            if self.popen.poll() is None:
+                self.popen.send_signal(signal.SIGTERM)
+                with suppress(subprocess.TimeoutExpired):
+                    self.popen.wait(timeout)
+            with suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+        finally:
+            self._log.close()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+
+
+def start_worker(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[Proc, str]:
+    node = f"timers-{uuid.uuid4().hex[:8]}@%h"
+    worker = Proc(
+        [
+            *(CELERY, "-A", "config", "worker", "--loglevel", "INFO", "-n", node),
+            *("--without-mingle", "--without-gossip", *args),
+        ],
+        env,
+        tmp_path / f"{node.split('@')[0]}.log",
+    )
+    match = worker.wait_for(r"(timers-\w+@\S+) ready\.")
+    return worker, match[1]
+
+
+def send(redis_url: str, task: str) -> str:
+    """Put one task on the worker's broker, as beat or a web process would."""
+    probe = Celery("probe", broker=redis_url, set_as_current=False)
+    with probe.connection_for_write() as conn:  # its own connection: no pool left behind
+        return str(probe.send_task(task, connection=conn).id)
+
+
+# --- a proposal times out with nobody watching ---------------------------------------------
+
+
+def test_a_proposal_times_out_on_its_own(world: Any, tmp_path: Path) -> None:
+    world.checkpoint.timeout_seconds = 2
+    world.checkpoint.save()
+    with private_redis_db() as redis_url:
+        env = subprocess_env(redis_url, HITL_SWEEP_INTERVAL_SECONDS="1")
+        worker, node = start_worker(
+            tmp_path,
+            env,
+            "-B",
+            "--concurrency",
+            "2",
+            "--schedule-filename",
+            str(tmp_path / "celerybeat-schedule"),
+        )
+        try:
+            worker.wait_for(r"beat: leading", timeout=30)
+            proposal = submit(world.submitter, world.checkpoint)
+            assert proposal.status == Status.PENDING
+            assert proposal.due_at == proposal.created_at + timedelta(seconds=2)
+
+            def decided() -> Proposal | None:
+                row = Proposal.objects.get(pk=proposal.pk)
+                return row if row.status != Status.PENDING else None
+
+            row = wait_until(decided, 20, "the beat-driven sweep to time the proposal out")
+            seen_at = timezone.now()
+            assert (row.status, row.resolution) == (Status.REJECTED, Resolution.TIMEOUT)
+            events = AuditEvent.objects.filter(proposal=proposal, verb="proposal.rejected")
+            assert [(e.actor_label, e.data["resolution"]) for e in events] == [
+                ("system", "timeout")
+            ]
+            latency = (row.decided_at - row.due_at).total_seconds()
+            print(
+                f"\nworker timeout: decided {latency:.2f}s after due_at "
+                f"(seen {(seen_at - row.due_at).total_seconds():.2f}s after; sweep every 1s)"
+            )
+            assert 0 <= latency < 15
+
+            # Heartbeats: beat writes its own on every tick; the worker's comes from the
+            # heartbeat task, which beat schedules every 30 s. Send one now rather than wait.
+            send(redis_url, "hitl.tasks.heartbeat")
+            caches = {"default": {**settings.CACHES["default"], "LOCATION": redis_url}}
+            with override_settings(CACHES=caches):
+                wait_until(
+                    lambda: all(not b.stale for b in heartbeat.read()), 20, "fresh heartbeats"
+                )
+                out = StringIO()
+                call_command("hitl_status", "--json", stdout=out)  # exit code 0: no SystemExit
+            status = json.loads(out.getvalue())
+            assert status["healthy"] is True
+            assert status["heartbeats"]["worker"]["host"] == node
+            assert status["heartbeats"]["worker"]["stale"] is False
+            assert status["heartbeats"]["beat"]["stale"] is False
+            assert status["heartbeats"]["beat"]["age_seconds"] < 10
+            assert not re.search(r"Task hitl\.tasks\.\w+\[[^\]]+\] raised", worker.output())
+        finally:
+            worker.stop()
+
+
+# --- a worker killed mid-task --------------------------------------------------------------
+
+
+def _advisory_waiters(conn: psycopg.Connection[Any]) -> list[int]:
+    """Backends of this database waiting for the audit chain lock."""
+    rows = conn.execute(
+        """
+        SELECT l.pid FROM pg_locks l
+        JOIN pg_database d ON d.oid = l.database
+        WHERE l.locktype = 'advisory' AND NOT l.granted
+          AND l.classid = %s AND l.objid = 0 AND d.datname = current_database()
+        """,
+        [AUDIT_LOCK_CLASS],
+    ).fetchall()
+    return [pid for (pid,) in rows]
+
+
+def _backend_alive(conn: psycopg.Connection[Any], pid: int) -> bool:
+    row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
+    return bool(row and row[0])
+
+
+def test_a_task_killed_mid_run_runs_again_without_a_duplicate_effect(
+    world: Any, tmp_path: Path
+) -> None:
+    """acks_late + task_reject_on_worker_lost: the pool child running the sweep is SIGKILLed
+    while it waits inside audit_record (row locked, status updated, nothing committed); the
+    worker requeues the message, a fresh child runs it again, and the proposal is rejected by
+    the timeout exactly once."""
+    proposal = submit(world.submitter, world.checkpoint)
+    Proposal.objects.filter(pk=proposal.pk).update(due_at=timezone.now() - timedelta(minutes=1))
+    db = connection.settings_dict
+    blocker = psycopg.connect(
+        host=db["HOST"] or "127.0.0.1",
+        port=db["PORT"] or 5432,
+        user=db["USER"],
+        password=db["PASSWORD"] or None,
+        dbname=db["NAME"],
+        autocommit=True,
+    )
+    with private_redis_db() as redis_url:
+        worker, _ = start_worker(
+            tmp_path,
+            subprocess_env(redis_url),
+            "--pool",
+            "prefork",
+            "--concurrency",
+            "1",
+        )
+        parent = psutil.Process(worker.pid)
+        stopped = False
+        try:
+            # Hold the audit chain lock so the sweep blocks inside audit_record.
+            blocker.execute("SELECT pg_advisory_lock(%s, 0)", [AUDIT_LOCK_CLASS])
+            task_id = send(redis_url, "hitl.tasks.sweep")
+            first = wait_until(lambda: _advisory_waiters(blocker), 30, "the sweep to block")
+            assert len(first) == 1
+            (child,) = parent.children()
+
+            # Freeze the worker's main process while its child dies, so the requeued message
+            # is not picked up before the orphaned database session (which still holds the
+            # proposal's row lock) is gone; otherwise SKIP LOCKED would rightly skip the row.
+            parent.suspend()
+            stopped = True
+            child.send_signal(signal.SIGKILL)
+            # A zombie until its (frozen) parent reaps it.
+            wait_until(lambda: child.status() == psutil.STATUS_ZOMBIE, 10, "the child to die")
+            blocker.execute("SELECT pg_terminate_backend(%s)", [first[0]])
+            wait_until(lambda: not _backend_alive(blocker, first[0]), 10, "the orphan to end")
+            proposal.refresh_from_db()
+            assert proposal.status == Status.PENDING  # the killed attempt left nothing
+            parent.resume()
+            stopped = False
+
+            # The redelivered task runs in a new child and reaches the same point again.
+            second = wait_until(lambda: _advisory_waiters(blocker), 30, "the redelivered run")
+            assert second != first
+            assert [p.pid for p in parent.children()] != [child.pid]
+            blocker.execute("SELECT pg_advisory_unlock(%s, 0)", [AUDIT_LOCK_CLASS])
+
+            def decided() -> bool:
+                return Proposal.objects.filter(pk=proposal.pk, status=Status.REJECTED).exists()
+
+            wait_until(decided, 30, "the redelivered sweep to finish")
+            worker.wait_for(rf"Task hitl\.tasks\.sweep\[{task_id}\] succeeded", timeout=30)
+        finally:
+            if stopped:
+                parent.resume()
+            blocker.close()
+            worker.stop()
+
+    output = worker.output()
+    assert "signal 9 (SIGKILL)" in output, output[-4000:]
+    assert output.count(f"Task hitl.tasks.sweep[{task_id}] received") == 2, output[-4000:]
+    proposal.refresh_from_db()
+    assert (proposal.status, proposal.resolution) == (Status.REJECTED, Resolution.TIMEOUT)
+    assert AuditEvent.objects.filter(proposal=proposal, verb="proposal.rejected").count() == 1
+    assert OutboxEvent.objects.filter(proposal=proposal, topic="proposal.rejected").count() == 1
+    assert proposal.history.filter(status=Status.REJECTED).count() == 1
