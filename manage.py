@@ -66,6 +66,11 @@ def ensure_virtualenv() -> None:
 
 def main() -> None:
     ensure_virtualenv()
+    # The README's two commands work with no environment at all: `up` gets embedded-mode
+    # defaults (DEBUG on, a persisted random SECRET_KEY), `run_tests` the test settings.
+    from hitl.embedded import prepare_command_environment
+
+    prepare_command_environment(sys.argv)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
     from django.core.management import execute_from_command_line
 

