@@ -10,6 +10,25 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+# Every event type the outbox carries (DESIGN §3 plus edited/claimed/released).
+WEBHOOK_EVENTS = (
+    "proposal.submitted",
+    "proposal.vote_cast",
+    "proposal.changes_requested",
+    "proposal.revised",
+    "proposal.approved",
+    "proposal.rejected",
+    "proposal.cancelled",
+    "proposal.revoked",
+    "proposal.escalated",
+    "proposal.reminder",
+    "proposal.sla_breached",
+    "checkpoint.bypassed",
+    "proposal.edited",
+    "proposal.claimed",
+    "proposal.released",
+)
+
 
 class OutboxEvent(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)

@@ -8,6 +8,7 @@ from typing import Any
 from rest_framework import serializers
 
 from audit.models import AuditEvent
+from notifications.models import WEBHOOK_EVENTS
 from proposals.models import Checkpoint, Decision, Priority, Proposal, Revision, Vote
 from proposals.permissions import Access
 
@@ -311,25 +312,6 @@ class AuditEventOutputSerializer(serializers.ModelSerializer[AuditEvent]):
             "prev_hash",
             "hash",
         ]
-
-
-WEBHOOK_EVENTS = (
-    "proposal.submitted",
-    "proposal.vote_cast",
-    "proposal.changes_requested",
-    "proposal.revised",
-    "proposal.approved",
-    "proposal.rejected",
-    "proposal.cancelled",
-    "proposal.revoked",
-    "proposal.escalated",
-    "proposal.reminder",
-    "proposal.sla_breached",
-    "checkpoint.bypassed",
-    "proposal.edited",
-    "proposal.claimed",
-    "proposal.released",
-)
 
 
 class WebhookEndpointInputSerializer(serializers.Serializer):

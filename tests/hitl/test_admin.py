@@ -11,7 +11,7 @@ import pytest
 from django.contrib.admin import helpers
 from django.contrib.auth.models import Permission
 from django.db import connection
-from django.test import Client
+from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 
 from audit.models import AuditEvent
@@ -748,3 +748,61 @@ def test_service_account_admin_creates_a_key_only_user(admin_client: Client) -> 
     again = admin_client.post(f"{base}add/", {"username": "agent-new"})
     assert again.status_code == 200
     assert "already exists" in again.content.decode()
+
+
+# --- webhooks in the admin ---------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@override_settings(HITL_WEBHOOK_ALLOWED_NETWORKS=["127.0.0.0/8"])
+def test_webhook_endpoint_add_shows_the_secret_once_and_stores_it_encrypted(admin_client):
+    from notifications.models import WebhookEndpoint
+
+    response = admin_client.post(
+        "/admin/notifications/webhookendpoint/add/",
+        {
+            "name": "ops",
+            "url": "http://127.0.0.1:9/hook",
+            "events": ["proposal.approved"],
+            "active": "on",
+        },
+        follow=True,
+    )
+    assert response.status_code == 200
+    endpoint = WebhookEndpoint.objects.get(name="ops")
+    shown = [str(m) for m in response.context["messages"] if "whsec_" in str(m)]
+    assert len(shown) == 1 and endpoint.secret in shown[0]
+    assert endpoint.secret not in endpoint.secret_encrypted
+    assert endpoint.events == ["proposal.approved"]
+
+
+@pytest.mark.django_db
+def test_webhook_endpoint_admin_refuses_private_targets(admin_client):
+    response = admin_client.post(
+        "/admin/notifications/webhookendpoint/add/",
+        {"name": "meta", "url": "http://169.254.169.254/latest", "active": "on"},
+    )
+    assert response.status_code == 200  # the form again, with the error
+    assert "non-public address" in response.content.decode()
+
+
+@pytest.mark.django_db
+@override_settings(HITL_WEBHOOK_ALLOWED_NETWORKS=["127.0.0.0/8"])
+def test_delivery_admin_lists_attempts_and_redelivers(admin_client, world):
+    from notifications import relay, webhooks
+    from notifications.models import DeliveryStatus, WebhookDelivery
+
+    webhooks.endpoint_create(name="gone", url="http://127.0.0.1:9/hook")
+    submit(world.submitter, world.checkpoint)
+    relay.relay_all()
+    delivery = WebhookDelivery.objects.get()
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(status=DeliveryStatus.FAILED)
+    assert admin_client.get("/admin/notifications/webhookdelivery/").status_code == 200
+    page = admin_client.get(f"/admin/notifications/webhookdelivery/{delivery.pk}/change/")
+    assert page.status_code == 200
+    admin_client.post(
+        "/admin/notifications/webhookdelivery/",
+        {"action": "redeliver", "_selected_action": [str(delivery.pk)]},
+    )
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.PENDING
