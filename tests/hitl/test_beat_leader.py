@@ -15,7 +15,7 @@ from django.test import override_settings
 from config.celery import app as celery_app
 from hitl import heartbeat
 from hitl.beat import LOCK_KEY, LeaderLock, LeaderScheduler
-from tests.hitl.test_celery_worker import CELERY, Proc, private_redis_db, subprocess_env, wait_until
+from tests.processes import CELERY, Proc, private_redis_db, subprocess_env, wait_until
 
 
 @pytest.fixture
