@@ -125,28 +125,7 @@ class CheckpointAdminForm(forms.ModelForm):
 
     class Meta:
         model = Checkpoint
-        fields = (
-            "slug",
-            "name",
-            "description",
-            "enabled",
-            "mode",
-            "quorum_rule",
-            "quorum_count",
-            "veto",
-            "auto_approve_at",
-            "auto_reject_below",
-            "review_when",
-            "sample_rate",
-            "timeout_seconds",
-            "timeout_action",
-            "escalate_after_seconds",
-            "remind_after_seconds",
-            "sla_seconds",
-            "revocation_window_seconds",
-            "max_revisions",
-            "require_reason_on",
-        )  # bypass_until/bypass_reason: only through the audited bypass services
+        fields = Checkpoint.POLICY_FIELDS  # the bypass changes only through its services
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -109,6 +109,31 @@ class Checkpoint(models.Model):
     """A named gate and its policy. Who may submit, review and manage is held in
     django-guardian object permissions (see proposals.permissions), not in fields here."""
 
+    # What a manager configures (admin form, API output). The bypass fields are not here:
+    # they change only through the audited bypass services.
+    POLICY_FIELDS = (
+        "slug",
+        "name",
+        "description",
+        "enabled",
+        "mode",
+        "quorum_rule",
+        "quorum_count",
+        "veto",
+        "auto_approve_at",
+        "auto_reject_below",
+        "review_when",
+        "sample_rate",
+        "timeout_seconds",
+        "timeout_action",
+        "escalate_after_seconds",
+        "remind_after_seconds",
+        "sla_seconds",
+        "revocation_window_seconds",
+        "max_revisions",
+        "require_reason_on",
+    )
+
     slug = models.SlugField(max_length=100, unique=True)
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)

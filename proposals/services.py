@@ -91,6 +91,15 @@ def lock_proposal(proposal_id: Any) -> Proposal:
     return proposal
 
 
+def _authorize(access: Access, proposal: Proposal, allowed: bool, refusal: str) -> None:
+    """403 for those who may see the proposal, 404 for everyone else (no existence leak)."""
+    if allowed:
+        return
+    if access.may_view(proposal):
+        raise PermissionDenied(refusal)
+    raise NotFound("Proposal not found.")
+
+
 def transition(
     proposal: Proposal,
     action: str,
@@ -435,10 +444,12 @@ def vote_cast(
         checkpoint = proposal.checkpoint
         if access.is_submitter(proposal):
             raise PermissionDenied("The submitter cannot vote on its own proposal.")
-        if not access.may_review(proposal):
-            if access.may_view(proposal):
-                raise PermissionDenied("You are not an eligible reviewer of this proposal.")
-            raise NotFound("Proposal not found.")
+        _authorize(
+            access,
+            proposal,
+            access.may_review(proposal),
+            "You are not an eligible reviewer of this proposal.",
+        )
         if proposal.status != Status.PENDING:
             raise InvalidTransition(
                 f"The proposal is {proposal.status}; votes are closed.",
@@ -600,10 +611,12 @@ def proposal_revise(
     access = access or access_for(actor)
     with transaction.atomic():
         proposal = lock_proposal(proposal_id)
-        if not access.is_submitter(proposal):
-            if access.may_view(proposal):
-                raise PermissionDenied("Only the submitter can revise a proposal.")
-            raise NotFound("Proposal not found.")
+        _authorize(
+            access,
+            proposal,
+            access.is_submitter(proposal),
+            "Only the submitter can revise a proposal.",
+        )
         if proposal.status != Status.CHANGES_REQUESTED:
             raise InvalidTransition(
                 f"Cannot revise a proposal that is {proposal.status}.",
@@ -657,10 +670,12 @@ def proposal_cancel(
     access = access or access_for(actor)
     with transaction.atomic():
         proposal = lock_proposal(proposal_id)
-        if not (access.is_submitter(proposal) or access.may_manage(proposal)):
-            if access.may_view(proposal):
-                raise PermissionDenied("Only the submitter or a manager can cancel.")
-            raise NotFound("Proposal not found.")
+        _authorize(
+            access,
+            proposal,
+            access.is_submitter(proposal) or access.may_manage(proposal),
+            "Only the submitter or a manager can cancel.",
+        )
         transition(
             proposal, Action.CANCEL, actor=actor, resolution=Resolution.CANCELLED, reason=reason
         )
@@ -684,10 +699,12 @@ def proposal_revoke(
             reviewer_id=access.user_id,
             decision=Decision.APPROVE,
         ).exists()
-        if not (access.may_manage(proposal) or (approved_it and access.may_review(proposal))):
-            if access.may_view(proposal):
-                raise PermissionDenied("Only a manager or an approver can revoke.")
-            raise NotFound("Proposal not found.")
+        _authorize(
+            access,
+            proposal,
+            access.may_manage(proposal) or (approved_it and access.may_review(proposal)),
+            "Only a manager or an approver can revoke.",
+        )
         if proposal.status == Status.APPROVED and not policy.revocable(
             decided_at=proposal.decided_at,
             window_seconds=proposal.checkpoint.revocation_window_seconds,
@@ -712,10 +729,12 @@ def proposal_claim(*, proposal_id: Any, actor: User, access: Access | None = Non
     access = access or access_for(actor)
     with transaction.atomic():
         proposal = lock_proposal(proposal_id)
-        if not access.may_review(proposal):
-            if access.may_view(proposal):
-                raise PermissionDenied("Only an eligible reviewer can claim this proposal.")
-            raise NotFound("Proposal not found.")
+        _authorize(
+            access,
+            proposal,
+            access.may_review(proposal),
+            "Only an eligible reviewer can claim this proposal.",
+        )
         if not proposal.is_open:
             raise InvalidTransition(f"The proposal is {proposal.status}; nothing to claim.")
         now = timezone.now()

@@ -149,30 +149,7 @@ class ProposalListQuerySerializer(serializers.Serializer):
 class CheckpointOutputSerializer(serializers.ModelSerializer[Checkpoint]):
     class Meta:
         model = Checkpoint
-        fields = [
-            "slug",
-            "name",
-            "description",
-            "enabled",
-            "mode",
-            "quorum_rule",
-            "quorum_count",
-            "veto",
-            "auto_approve_at",
-            "auto_reject_below",
-            "review_when",
-            "sample_rate",
-            "timeout_seconds",
-            "timeout_action",
-            "escalate_after_seconds",
-            "remind_after_seconds",
-            "sla_seconds",
-            "revocation_window_seconds",
-            "max_revisions",
-            "require_reason_on",
-            "bypass_until",
-            "bypass_reason",
-        ]
+        fields = [*Checkpoint.POLICY_FIELDS, "bypass_until", "bypass_reason"]
 
 
 class ProposalOutputSerializer(serializers.ModelSerializer[Proposal]):
