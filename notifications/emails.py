@@ -160,8 +160,9 @@ def send_due_digests() -> int:
                     {"items": [_item(user, p) for p in still_open]},
                 )
                 sent += 1
+                # Only a mail that went out starts the reviewer's quiet window.
+                DigestLog.objects.update_or_create(user_id=user_id, defaults={"last_sent_at": now})
             EmailNotice.objects.filter(pk__in=[n.pk for n in notices]).update(sent_at=now)
-            DigestLog.objects.update_or_create(user_id=user_id, defaults={"last_sent_at": now})
     return sent
 
 

@@ -78,7 +78,9 @@ def relay_batch(limit: int = BATCH_SIZE) -> int:
             proposal = event.proposal
             if proposal is None:
                 continue
-            if event.topic in NEW_WORK_TOPICS and event.payload.get("status") == "pending":
+            # The proposal's status now, not the event's: a submission that policy approved
+            # in the same transaction announced itself as pending first.
+            if event.topic in NEW_WORK_TOPICS and proposal.status == "pending":
                 reviewers = eligible_reviewers(
                     proposal.checkpoint, exclude_user_id=proposal.submitted_by_id
                 )
