@@ -6,6 +6,7 @@ module must not import anything from Django or the project at import time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
 SECRET_KEY_FILE = RUN_DIR / "secret_key"
+REDIS_URL_FILE = RUN_DIR / "redis_url"  # written by `up` while its embedded Redis runs
 TEST_SETTINGS = "config.settings.test"
 
 
@@ -33,12 +35,20 @@ def prepare_command_environment(argv: list[str]) -> None:
       so it needs no SECRET_KEY or database of its own.
     """
     command = argv[1] if len(argv) > 1 else ""
-    if command == "up":
+    if command == "run_tests":
+        os.environ["DJANGO_SETTINGS_MODULE"] = TEST_SETTINGS
+        return
+    # Any other command on an embedded install (no DATABASE_URL, `up` has run) shares up's
+    # defaults, so `manage.py hitl_status` or `create_api_key` just work beside it.
+    embedded_install = not os.environ.get("DATABASE_URL") and SECRET_KEY_FILE.exists()
+    if command == "up" or embedded_install:
         os.environ.setdefault("DEBUG", "true")
         if not os.environ.get("SECRET_KEY"):
             os.environ["SECRET_KEY"] = load_or_create_secret_key(SECRET_KEY_FILE)
-    elif command == "run_tests":
-        os.environ["DJANGO_SETTINGS_MODULE"] = TEST_SETTINGS
+    if command != "up" and embedded_install and not os.environ.get("REDIS_URL"):
+        # When `up` is not running, the file is gone and the default Redis URL applies.
+        with contextlib.suppress(FileNotFoundError):
+            os.environ["REDIS_URL"] = REDIS_URL_FILE.read_text().strip()
 
 
 def load_or_create_secret_key(path: Path) -> str:

@@ -163,6 +163,8 @@ class Command(BaseCommand):
             if self.redis.process.stdout is not None:
                 self.redis_pump = self.out.pump("redis", self.redis.process.stdout)
             env["REDIS_URL"] = self.redis.url
+            # Other commands of this install (hitl_status, create_api_key...) find it here.
+            (self.run_dir / embedded.REDIS_URL_FILE.name).write_text(self.redis.url + "\n")
         return env
 
     def _manage(self, *args: str) -> list[str]:
@@ -318,6 +320,7 @@ class Command(BaseCommand):
             if child.pump is not None:
                 child.pump.join(timeout=2)
         if self.redis is not None:
+            (self.run_dir / embedded.REDIS_URL_FILE.name).unlink(missing_ok=True)
             self.redis.stop()
             if self.redis_pump is not None:
                 self.redis_pump.join(timeout=2)
@@ -342,6 +345,7 @@ class Command(BaseCommand):
             "",
             rule,
             f"Nihil Obstat is up ({names}; ready in {elapsed:.1f}s)",
+            f"  Review queue {base}/queue/",
             f"  Admin        {base}/admin/",
             f"  API docs     {base}/api/docs/",
             f"  API          {base}/api/v1/",
