@@ -126,6 +126,8 @@ class Command(BaseCommand):
         started = time.monotonic()
         try:
             env = self._environment()
+            # Links in the demo's (console) emails point at this server.
+            env.setdefault("HITL_PUBLIC_URL", f"http://{_connect_host(host)}:{port}")
             seed = self._prepare(env, seed=not options["no_seed"])
             if self.stop_signal is not None:
                 return
