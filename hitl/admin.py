@@ -20,7 +20,12 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from hitl.forms import ApiKeyCreateForm, ServiceAccountCreateForm
-from hitl.keys import api_key_create, api_key_revoke, service_account_create
+from hitl.keys import (
+    api_key_create,
+    api_key_revoke,
+    service_account_create,
+    service_account_rotate_secret,
+)
 from hitl.models import ApiKey, ServiceAccount
 from proposals.admin import request_user
 
@@ -47,9 +52,24 @@ class ServiceAccountAdmin(admin.ModelAdmin):
     list_select_related = ("user",)
     fields = ("user", "description", "created_at")
     readonly_fields = ("user", "created_at")
+    actions = ("rotate_signing_secret",)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # deactivate the user instead: its proposals and audit events stay
+
+    @admin.action(description="Rotate the callback signing secret", permissions=["change"])
+    def rotate_signing_secret(
+        self, request: HttpRequest, queryset: QuerySet[ServiceAccount]
+    ) -> None:
+        for account in queryset.select_related("user"):
+            secret = service_account_rotate_secret(
+                account=account, rotated_by=request_user(request)
+            )
+            messages.warning(
+                request,
+                f"New callback signing secret for {account.user.get_username()} "
+                f"(shown once): {secret}",
+            )
 
     def add_view(
         self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None
@@ -66,6 +86,11 @@ class ServiceAccountAdmin(admin.ModelAdmin):
                 request,
                 f"Service account {user.get_username()!r} created. It signs in with API keys "
                 "only: add one under API keys, and grant it submit on its checkpoints.",
+            )
+            messages.warning(
+                request,
+                "Secret that signs its callback_url webhooks (shown once): "
+                f"{user.service_account.signing_secret}",
             )
             return HttpResponseRedirect(reverse("admin:hitl_serviceaccount_changelist"))
         return render_create_form(

@@ -103,3 +103,19 @@ def service_account_create(*, username: str, description: str = "") -> User:
             signing_secret_encrypted=encrypt(new_webhook_secret()),
         )
     return user
+
+
+def service_account_rotate_secret(
+    *, account: ServiceAccount, rotated_by: User | None = None
+) -> str:
+    """A new secret for signing this account's callback_url webhooks; returned once."""
+    secret = new_webhook_secret()
+    with transaction.atomic():
+        account.signing_secret_encrypted = encrypt(secret)
+        account.save(update_fields=["signing_secret_encrypted"])
+        audit_record(
+            verb="service_account.secret_rotated",
+            actor=rotated_by,
+            data={"service_account": account.user.get_username()},
+        )
+    return secret

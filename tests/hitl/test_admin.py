@@ -806,3 +806,22 @@ def test_delivery_admin_lists_attempts_and_redelivers(admin_client, world):
     )
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.PENDING
+
+
+@pytest.mark.django_db
+def test_service_account_secret_shown_at_creation_and_rotation(admin_client):
+    response = admin_client.post(
+        "/admin/hitl/serviceaccount/add/", {"username": "bot-7", "description": "x"}, follow=True
+    )
+    account = ServiceAccount.objects.get(user__username="bot-7")
+    first = account.signing_secret
+    assert any(first in str(m) for m in response.context["messages"])
+    response = admin_client.post(
+        "/admin/hitl/serviceaccount/",
+        {"action": "rotate_signing_secret", "_selected_action": [str(account.pk)]},
+        follow=True,
+    )
+    account.refresh_from_db()
+    assert account.signing_secret != first
+    assert any(account.signing_secret in str(m) for m in response.context["messages"])
+    assert AuditEvent.objects.filter(verb="service_account.secret_rotated").count() == 1

@@ -34,6 +34,10 @@ class Command(BaseCommand):
                     f"No user {username!r}. Pass --service-account to create a service account."
                 )
             user = service_account_create(username=username)
+            self.stderr.write(
+                f"Created service account {username}. Secret that signs its callback_url "
+                f"webhooks (shown once): {user.service_account.signing_secret}"
+            )
         elif options["service_account"] and not ServiceAccount.objects.filter(user=user).exists():
             raise CommandError(f"{username!r} exists and is a human user, not a service account.")
         expires_at = None
