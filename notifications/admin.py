@@ -64,6 +64,7 @@ class OutboxEventAdmin(admin.ModelAdmin):
 
 
 class WebhookEndpointForm(forms.ModelForm):
+    url = forms.URLField(max_length=500, assume_scheme="https")
     events = forms.MultipleChoiceField(
         choices=[(e, e) for e in WEBHOOK_EVENTS],
         required=False,

@@ -18,6 +18,7 @@ from django.contrib.admin.utils import flatten_fieldsets, unquote
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import PermissionDenied
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -218,6 +219,8 @@ def reason_required(kind: str, proposals: Iterable[Proposal]) -> bool:
 
 @admin.register(Proposal)
 class ProposalAdmin(VisibleHistoryMixin, SimpleHistoryAdmin):
+    # Read-only page, but Django still builds the form: say what Django 6 will assume.
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     list_display = (
         "title",
         "checkpoint",
