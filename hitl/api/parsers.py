@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from django.conf import settings
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import JSONParser
 
 
@@ -35,12 +35,18 @@ def _reject_unstorable(value: Any) -> None:
             stack.extend(item)
 
 
+class PayloadTooLarge(APIException):
+    status_code = 413
+    default_code = "payload_too_large"
+    default_detail = "Request body too large."
+
+
 class StrictJSONParser(JSONParser):
     def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         raw = stream.read(limit + 1) if stream is not None else b""
         if limit is not None and len(raw) > limit:
-            raise ParseError(f"Request body larger than {limit} bytes.")
+            raise PayloadTooLarge(f"Request body larger than {limit} bytes.")
         if not raw:
             return {}
         try:

@@ -712,12 +712,11 @@ def test_claim_ignores_its_body(world, client_for, pending):
 
 
 @override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=100_000)
-def test_oversized_body_is_4xx(agent):
+def test_oversized_body_is_413(agent):
     agent.raise_request_exception = False
     body = json.dumps({**NEW, "payload": {"blob": "x" * 200_000}})
     response = agent.post(f"{API}/proposals/", body, content_type="application/json")
-    assert 400 <= response.status_code < 500, response.status_code
-    assert_error(response, response.status_code)
+    assert_error(response, 413, "payload_too_large")
     assert Proposal.objects.count() == 0
 
 
