@@ -72,6 +72,7 @@ def subprocess_env(redis_url: str, **extra: str) -> dict[str, str]:
         REDIS_URL=redis_url,
         DB_CONN_MAX_AGE="0",
         PYTHONUNBUFFERED="1",
+        CELERY_TASK_LOG_LEVEL="INFO",  # the tests read "received"/"succeeded" lines
     )
     env.update(extra)
     return env

@@ -322,6 +322,7 @@ class Worker:
             ),
             "REDIS_URL": redis_url,
             "PYTHONUNBUFFERED": "1",
+            "CELERY_TASK_LOG_LEVEL": "INFO",
             **(extra_env or {}),
         }
         if database.get("PASSWORD"):
