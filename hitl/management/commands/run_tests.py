@@ -59,6 +59,7 @@ class Command(BaseCommand):
         database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
         redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
         ensure_postgres(database_url, self.stderr.write)
+        drop_orphaned_test_databases(database_url, self.stderr.write)
         ensure_redis(redis_url, self.stderr.write)
         env = dict(os.environ)
         env.update(
@@ -112,6 +113,49 @@ def _start_local_postgres(write: Any) -> bool:
         )
         started = started or done.returncode == 0
     return started
+
+
+def drop_orphaned_test_databases(database_url: str, write: Any) -> None:
+    """Each pytest process tests in `test_nihil_<pid>` (config.settings.test) and drops it at
+    the end; a run that was killed leaves it behind. Drop those whose process is gone."""
+    import psycopg
+
+    parts = urlsplit(database_url)
+    if parts.hostname not in (None, "", "127.0.0.1", "localhost", "::1"):
+        return  # a pid only means something for a server on this machine
+    try:
+        with psycopg.connect(
+            host=parts.hostname or None,
+            port=parts.port or 5432,
+            user=parts.username or None,
+            password=parts.password or None,
+            dbname="postgres",
+            connect_timeout=3,
+            autocommit=True,
+        ) as conn:
+            names = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT datname FROM pg_database WHERE datname ~ '^test_nihil_[0-9]+$'"
+                )
+            ]
+            for name in names:
+                pid = int(name.rsplit("_", 1)[1])
+                if not _process_exists(pid):
+                    write(f"Dropping {name}, left behind by a test run that was killed.")
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except psycopg.Error as exc:
+        write(f"Could not tidy old test databases: {exc}")
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def ensure_postgres(database_url: str, write: Any) -> None:
