@@ -66,8 +66,16 @@ async def _send_all(messages: list[tuple[str, LiveMessage]]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
+    by_group: dict[str, list[LiveMessage]] = {}
+    for group, message in messages:
+        by_group.setdefault(group, []).append(message)
+
+    async def in_order(group: str, batch: list[LiveMessage]) -> None:
+        for message in batch:  # a group hears its events in the order they happened
+            await layer.group_send(group, dict(message))
+
     await asyncio.wait_for(
-        asyncio.gather(*(layer.group_send(group, dict(message)) for group, message in messages)),
+        asyncio.gather(*(in_order(group, batch) for group, batch in by_group.items())),
         timeout=settings.HITL_LIVE_SEND_TIMEOUT_SECONDS,
     )
 

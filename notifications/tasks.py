@@ -22,7 +22,9 @@ def enqueue(task: Task, *args: Any) -> bool:
     try:
         task.apply_async(args=args, retry=False)
     except Exception:
-        logger.warning("could not enqueue %s%r; the periodic sweep will retry", task.name, args)
+        logger.warning(
+            "could not enqueue %s%r; the periodic sweep will retry", task.name, args, exc_info=True
+        )
         return False
     return True
 

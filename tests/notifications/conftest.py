@@ -248,6 +248,8 @@ def private_redis() -> Iterator[RedisServer]:
 def celery_broker(url: str | None = None, *, queue: str | None = None) -> Iterator[None]:
     """Point this process's Celery app at another broker and/or route every task to `queue`,
     then restore. Celery caches its connection pools and router, so both are reset."""
+    from kombu import pools as kombu_pools
+
     from config.celery import app
 
     def reset_pools() -> None:
@@ -258,6 +260,9 @@ def celery_broker(url: str | None = None, *, queue: str | None = None) -> Iterat
         if amqp is not None and amqp._producer_pool is not None:
             amqp._producer_pool.force_close_all()
             amqp._producer_pool = None
+        # kombu keeps producer pools in a process-wide registry keyed by connection: without
+        # this, the next publish to the restored broker gets the pool closed above.
+        kombu_pools.reset()
 
     # The app reads Django settings under the CELERY_ namespace, and a read looks up the
     # prefixed key (CELERY_BROKER_URL, found in django.conf.settings) before the plain one:
