@@ -17,3 +17,6 @@ REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"anon": "100000/minute", "user": "10
 # One test database per pytest process, so concurrent runs (developers, CI, parallel helpers)
 # never drop each other's database. pytest-django creates and destroys it around the run.
 DATABASES["default"]["TEST"] = {"NAME": f"test_nihil_{os.getpid()}"}  # noqa: F405
+# Connections opened in worker threads (Channels' database_sync_to_async, thread-based race
+# tests) are closed after each use, so none outlives the run and blocks dropping the database.
+DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
