@@ -509,6 +509,39 @@ def vote_cast(
     return proposal, vote
 
 
+def proposal_cast_current(
+    *,
+    proposal_id: Any,
+    reviewer: User,
+    decision: str,
+    comment: str,
+    selected_option: str = "",
+    access: Access | None = None,
+) -> Proposal:
+    """A vote on whatever revision is current: for operators deciding by command, who see
+    the proposal as it is now (the API and email links bind the revision the reviewer saw)."""
+    try:
+        current = (
+            Proposal.objects.filter(pk=uuid.UUID(str(proposal_id)))
+            .values_list("revision", flat=True)
+            .first()
+        )
+    except ValueError:
+        current = None
+    if current is None:
+        raise NotFound("Proposal not found.")
+    proposal, _ = vote_cast(
+        proposal_id=proposal_id,
+        reviewer=reviewer,
+        decision=decision,
+        revision=current,
+        comment=comment,
+        selected_option=selected_option,
+        access=access,
+    )
+    return proposal
+
+
 def _apply_reviewer_edit(
     proposal: Proposal,
     reviewer: User,
