@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,35 +18,8 @@ from django.db import DatabaseError, connection, transaction
 
 from audit.models import AppendOnlyError, AuditEvent
 from audit.services import audit_verify
+from tests.concurrency import run_in_threads
 from tests.factories import submit
-
-
-def run_in_threads(
-    workers: int, work: Callable[[int, threading.Barrier], None], *, timeout: float = 120
-) -> None:
-    """Run `work(index, barrier)` in `workers` threads sharing one barrier; re-raise the first
-    exception a worker raised."""
-    barrier = threading.Barrier(workers)
-    errors: list[BaseException] = []
-
-    def body(index: int) -> None:
-        try:
-            work(index, barrier)
-        except BaseException as exc:
-            errors.append(exc)
-            barrier.abort()
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=body, args=(i,), name=f"audit-{i}") for i in range(workers)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + timeout
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    assert not any(t.is_alive() for t in threads), "a worker thread hung"
-    if errors:
-        raise errors[0]
 
 
 @pytest.mark.slow

@@ -15,11 +15,9 @@ import random
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.db import connection
 from guardian.shortcuts import assign_perm
 from rest_framework.test import APIClient
 
@@ -29,6 +27,7 @@ from proposals import services
 from proposals.errors import InvalidTransition
 from proposals.models import Decision, Proposal, Resolution, Status, Vote
 from proposals.permissions import REVIEW, access_for
+from tests.concurrency import run_in_threads
 from tests.factories import (
     CheckpointFactory,
     GroupFactory,
@@ -41,34 +40,6 @@ from tests.factories import (
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 TERMINAL_VERBS = ("proposal.approved", "proposal.rejected")
-
-
-def run_in_threads(
-    workers: int, work: Callable[[int, threading.Barrier], None], *, timeout: float = 120
-) -> None:
-    """Run `work(index, barrier)` in `workers` threads sharing one barrier; re-raise the first
-    unexpected exception. Expected domain errors are the work function's to catch and record."""
-    barrier = threading.Barrier(workers)
-    errors: list[BaseException] = []
-
-    def body(index: int) -> None:
-        try:
-            work(index, barrier)
-        except BaseException as exc:
-            errors.append(exc)
-            barrier.abort()  # don't leave the others waiting for a thread that died
-        finally:
-            connection.close()  # this thread's connection, not the test's
-
-    threads = [threading.Thread(target=body, args=(i,), name=f"race-{i}") for i in range(workers)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + timeout
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    assert not any(t.is_alive() for t in threads), "a worker thread hung"
-    if errors:
-        raise errors[0]
 
 
 def assert_votes_closed(exc: BaseException, status: str) -> None:

@@ -12,13 +12,11 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 import time_machine
-from django.db import connection
 from django.db.models import Count
 from django.utils import timezone
 
@@ -38,6 +36,7 @@ from proposals.models import (
     Vote,
 )
 from proposals.permissions import access_for
+from tests.concurrency import run_in_threads
 from tests.factories import submit
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -47,36 +46,6 @@ TERMINAL_VERBS = ("proposal.approved", "proposal.rejected")
 
 def phase(name: str) -> sweeps.Phase:
     return next(p for p in sweeps.PHASES if p.name == name)
-
-
-def run_in_threads(
-    workers: int, work: Callable[[int, threading.Barrier], Any], *, timeout: float = 120
-) -> list[Any]:
-    """Run `work(index, barrier)` in threads sharing one barrier; return their results in
-    order, re-raise the first exception."""
-    barrier = threading.Barrier(workers)
-    results: list[Any] = [None] * workers
-    errors: list[BaseException] = []
-
-    def body(index: int) -> None:
-        try:
-            results[index] = work(index, barrier)
-        except BaseException as exc:
-            errors.append(exc)
-            barrier.abort()  # nobody waits forever for a thread that died
-        finally:
-            connection.close()  # this thread's connection, not the test's
-
-    threads = [threading.Thread(target=body, args=(i,), name=f"timer-{i}") for i in range(workers)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + timeout
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    assert not any(t.is_alive() for t in threads), "a worker thread hung"
-    if errors:
-        raise errors[0]
-    return results
 
 
 def sleep_until(when: datetime) -> None:
