@@ -4,20 +4,24 @@ delete at all, and no bulk delete action."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.utils.safestring import SafeString
 
 from audit.models import AuditEvent
-from proposals.admin import pretty_json, request_access, request_user, visible_proposals
+from proposals.admin import (
+    ReadOnlyAdminMixin,
+    pretty_json,
+    request_access,
+    request_user,
+    visible_proposals,
+)
 from proposals.permissions import MANAGE
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("seq", "created_at", "actor_label", "verb", "proposal", "reason")
     list_filter = ("verb",)
     search_fields = ("verb", "actor_label", "reason", "proposal__title")
@@ -52,15 +56,6 @@ class AuditEventAdmin(admin.ModelAdmin):
             Q(proposal__in=visible_proposals(request))
             | Q(proposal__isnull=True, checkpoint_id__in=access.ids(MANAGE))
         )
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="data")
     def data_json(self, obj: AuditEvent) -> SafeString:

@@ -20,11 +20,11 @@ from notifications.models import (
     WebhookEndpoint,
 )
 from notifications.tasks import deliver_webhook, enqueue
-from proposals.admin import pretty_json, request_user, visible_proposals
+from proposals.admin import ReadOnlyAdminMixin, pretty_json, request_user, visible_proposals
 
 
 @admin.register(OutboxEvent)
-class OutboxEventAdmin(admin.ModelAdmin):
+class OutboxEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("topic", "proposal", "checkpoint", "created_at", "dispatched_at")
     list_filter = ("topic", ("dispatched_at", admin.EmptyFieldListFilter))
     search_fields = ("topic", "proposal__title")
@@ -48,15 +48,6 @@ class OutboxEventAdmin(admin.ModelAdmin):
         if request_user(request).is_superuser:
             return qs
         return qs.filter(proposal__in=visible_proposals(request))
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="payload")
     def payload_json(self, obj: OutboxEvent) -> SafeString:

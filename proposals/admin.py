@@ -92,6 +92,20 @@ def compact_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, cls=DjangoJSONEncoder)
 
 
+class ReadOnlyAdminMixin:
+    """For records only the services write (audit events, outbox rows): no add, no change,
+    no delete, so no bulk delete either."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 class VisibleHistoryMixin:
     """simple-history's views, closed where they are too open for us.
 
