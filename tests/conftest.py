@@ -72,3 +72,18 @@ def client_for() -> Any:
         return client
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _end_stray_database_sessions(django_db_setup: None, django_db_blocker: Any) -> Any:
+    """Subprocess tests (workers killed mid-task, servers) can leave a session on the test
+    database for a moment; end them before pytest-django drops it, or the drop fails and the
+    database is left behind."""
+    yield
+    from django.db import connection
+
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
