@@ -1,7 +1,9 @@
 """The append-only, hash-chained audit trail.
 
-Each event's `hash` is sha256 over its canonical content plus the previous event's hash, so
-editing, deleting or reordering any row breaks every link after it (`manage.py audit_verify`).
+Each event's `hash` is sha256 over its canonical content (RFC 8785, so the numbers PostgreSQL's
+jsonb rewrites still verify; `hash_version` keeps older rows on the rule they were written with)
+plus the previous event's hash, so editing, deleting or reordering any row breaks the chain
+there (`manage.py audit_verify` names every broken link).
 On PostgreSQL a trigger also refuses UPDATE and DELETE on the table (migration 0002).
 """
 
@@ -52,6 +54,9 @@ class AuditEvent(models.Model):
     reason = models.TextField(blank=True)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64, unique=True)
+    hash_version = models.PositiveSmallIntegerField(
+        help_text="How `hash` was computed: 1 Python JSON text (before RFC 8785), 2 RFC 8785."
+    )
 
     objects = AuditEventQuerySet.as_manager()
 

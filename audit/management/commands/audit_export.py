@@ -24,6 +24,7 @@ FIELDS = [
     "reason",
     "prev_hash",
     "hash",
+    "hash_version",
 ]
 
 
