@@ -1002,3 +1002,40 @@ def checkpoint_bypass_end(
             reason=reason or ("expired" if expired else ""),
         )
     return True
+
+
+# --- routing thresholds -------------------------------------------------------------------
+
+
+def checkpoint_set_auto_approve_at(
+    *, checkpoint_id: int, actor: User | None, value: float | None, reason: str = ""
+) -> Checkpoint:
+    """Set a checkpoint's `auto_approve_at` (None: off), e.g. from the dashboard's calibration
+    suggestion. Validated like the admin form; audited as `checkpoint.threshold_changed` with
+    the old and new values. The caller authorizes (managers of the checkpoint)."""
+    if value is not None and not 0 <= value <= 1:
+        raise Unprocessable("auto_approve_at must be between 0 and 1.", details={"value": value})
+    with transaction.atomic():
+        checkpoint = _lock_checkpoint(checkpoint_id)
+        before = checkpoint.auto_approve_at
+        try:
+            policy.validate_checkpoint_policy(
+                review_when=checkpoint.review_when,
+                sla_seconds=checkpoint.sla_seconds,
+                require_reason_on=checkpoint.require_reason_on,
+                auto_approve_at=value,
+                auto_reject_below=checkpoint.auto_reject_below,
+            )
+        except DjangoValidationError as exc:
+            raise Unprocessable(" ".join(exc.messages), details={"value": value}) from None
+        checkpoint.auto_approve_at = value
+        checkpoint._history_user = actor  # type: ignore[attr-defined]
+        checkpoint.save(update_fields=["auto_approve_at", "updated_at"])
+        audit_record(
+            verb="checkpoint.threshold_changed",
+            actor=actor,
+            checkpoint=checkpoint,
+            data={"field": "auto_approve_at", "from": before, "to": value},
+            reason=reason,
+        )
+    return checkpoint

@@ -6,6 +6,7 @@ starts one). Production overrides live in config.settings.production.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -269,3 +270,50 @@ LOGGING = {
         "celery.worker.strategy": {"level": env_str("CELERY_TASK_LOG_LEVEL", "WARNING")},
     },
 }
+
+# --- Web UI: static files, Content-Security-Policy, login lockout (issue 8) ----------------
+# Front-end assets are vendored under static/ (static/vendor/README.md): nothing from a CDN,
+# so every page of ours runs under a policy that allows only this origin and no inline code.
+STATICFILES_DIRS = [BASE_DIR / "static"]
+INSTALLED_APPS += ["csp", "axes"]
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("whitenoise.middleware.WhiteNoiseMiddleware"), "csp.middleware.CSPMiddleware"
+)
+# Last, as django-axes requires: it turns a lockout raised during authentication into a page.
+MIDDLEWARE.append("axes.middleware.AxesMiddleware")
+CONTENT_SECURITY_POLICY = {
+    # The admin and Swagger UI are third-party pages with inline scripts and styles; every
+    # other page (queue, proposal, dashboard, connect, login, email links) gets the strict one.
+    "EXCLUDE_URL_PREFIXES": ["/admin/", "/api/docs/"],
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        # 'self' covers same-host ws:/wss: in CSP Level 3 (the queue's live socket).
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
+# Brute-force lockout (django-axes): after AXES_FAILURE_LIMIT failed logins for one
+# username from one address, that pair is locked for AXES_COOLOFF_MINUTES.
+AUTHENTICATION_BACKENDS.insert(0, "hitl.lockout.AxesBackend")
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("AXES_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = False
+
+# --- Operations: health, Prometheus metrics, the override-rate alert (hitl.ops, issue 11) ----
+# /metrics is off (404) until one of these is set: a bearer token the scraper sends, and/or
+# the networks it scrapes from (REMOTE_ADDR: behind a proxy, the proxy's address).
+HITL_METRICS_TOKEN = env_str("HITL_METRICS_TOKEN", "")
+HITL_METRICS_ALLOWED_NETWORKS = env_list("HITL_METRICS_ALLOWED_NETWORKS", [])
+HITL_READYZ_TIMEOUT_SECONDS = env_float("HITL_READYZ_TIMEOUT_SECONDS", 2.0, minimum=0.1)
+HITL_OVERRIDE_WINDOW = env_int("HITL_OVERRIDE_WINDOW", 200, minimum=1)
+HITL_OVERRIDE_THRESHOLD = env_float("HITL_OVERRIDE_THRESHOLD", 0.15, minimum=0.0)
+HITL_OVERRIDE_MIN_DECISIONS = env_int("HITL_OVERRIDE_MIN_DECISIONS", 20, minimum=1)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from hitl.api import views, webhook_views
+from hitl.api import metrics_views, views, webhook_views
 
 app_name = "api"
 
@@ -33,6 +33,7 @@ urlpatterns = [
     path(
         "proposals/<str:proposal_id>/events/", views.EventListView.as_view(), name="proposal-events"
     ),
+    path("metrics/summary/", metrics_views.MetricsSummaryView.as_view(), name="metrics-summary"),
     path("webhooks/", webhook_views.WebhookListCreateView.as_view(), name="webhook-list"),
     path(
         "webhooks/<str:endpoint_id>/",

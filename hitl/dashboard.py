@@ -1,0 +1,507 @@
+"""The manager's numbers: one `summary()` serves the dashboard page and
+`GET /api/v1/metrics/summary/`, so both always say the same thing.
+
+Every figure is an aggregate computed by the database (COUNT, percentile, GROUP BY); Python
+only loops over the aggregated rows (buckets, checkpoints, reviewers), never over proposals.
+
+Definitions (the README's "Dashboard" section repeats them):
+- the population is the proposals of the chosen checkpoints *submitted* in the window;
+  reviewer figures count the votes *cast* in the window;
+- human-review rate: share not decided at submission by policy or a bypass;
+- approval rate: approved / decided by reviewers (resolution `reviewers`);
+- override rate: share of reviewer-decided proposals where the humans did not simply accept
+  the AI's proposal: not approved, edited, changes requested at some point, or an option
+  other than the most confident one chosen (the same rule as `export_feedback`);
+- modification rate: approved by reviewers with a reviewer-edited revision / approved by
+  reviewers;
+- time to decision: decided_at - created_at of reviewer-decided proposals, p50 and p90;
+- SLA compliance: share of proposals decided by reviewers or by timeout with decided_at at or
+  before sla_due_at;
+- calibration: reviewer-decided proposals by AI confidence in buckets 0.1 wide ([0.9, 1.0]
+  includes 1.0), human approval rate per bucket; the suggested `auto_approve_at` is the lowest
+  bucket edge e such that, of the reviewer-decided proposals with confidence >= e, there are
+  at least CALIBRATION_MIN_ITEMS and at least CALIBRATION_MIN_APPROVAL of them were approved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+from django.db import connection
+from django.db.models import (
+    Aggregate,
+    CharField,
+    Count,
+    Exists,
+    F,
+    FloatField,
+    Func,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+)
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import Cast, Floor, Least, TruncDay, TruncHour
+from django.utils import timezone
+
+from proposals.models import (
+    OPEN_STATUSES,
+    Checkpoint,
+    Decision,
+    Proposal,
+    Resolution,
+    Revision,
+    RevisionKind,
+    Status,
+    Vote,
+)
+from proposals.permissions import REVIEW, holders
+
+PERIODS: dict[str, timedelta] = {
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+}
+CALIBRATION_MIN_ITEMS = 50
+CALIBRATION_MIN_APPROVAL = 0.99
+MAX_CUSTOM_DAYS = 366
+
+
+@dataclass(frozen=True)
+class Window:
+    period: str  # "24h" | "7d" | "30d" | "custom"
+    start: datetime
+    end: datetime
+
+    @property
+    def bucket(self) -> str:
+        return "hour" if self.end - self.start <= timedelta(days=2) else "day"
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Window:
+        """`period=24h|7d|30d` (default 7d) or `period=custom&from=YYYY-MM-DD&to=YYYY-MM-DD`
+        (both days included). ValueError with a readable message on bad input."""
+        period = str(params.get("period") or "7d")
+        now = timezone.now()
+        if period in PERIODS:
+            return cls(period=period, start=now - PERIODS[period], end=now)
+        if period != "custom":
+            raise ValueError(f"Unknown period {period!r}: use 24h, 7d, 30d or custom.")
+        try:
+            first = date.fromisoformat(str(params.get("from") or ""))
+            last = date.fromisoformat(str(params.get("to") or ""))
+        except ValueError:
+            raise ValueError("A custom period needs from= and to= as YYYY-MM-DD.") from None
+        if last < first:
+            raise ValueError("The custom period ends before it starts.")
+        if (last - first).days > MAX_CUSTOM_DAYS:
+            raise ValueError(f"A custom period covers at most {MAX_CUSTOM_DAYS} days.")
+        tz = timezone.get_current_timezone()
+        start = datetime.combine(first, time.min, tzinfo=tz)
+        end = datetime.combine(last + timedelta(days=1), time.min, tzinfo=tz)
+        return cls(period="custom", start=start, end=end)
+
+
+# --- database expressions ------------------------------------------------------------------
+
+
+class SecondsBetween(Func):
+    """Seconds from the first datetime to the second, as a float, computed in SQL."""
+
+    output_field = FloatField()
+    arity = 2
+
+    def as_sql(self, compiler: Any, conn: Any, **extra: Any) -> Any:  # type: ignore[override]
+        first, second = self.source_expressions
+        sql1, params1 = compiler.compile(first)
+        sql2, params2 = compiler.compile(second)
+        if conn.vendor == "sqlite":
+            # julianday() parses the ISO text Django stores; days -> seconds.
+            return f"((julianday({sql2}) - julianday({sql1})) * 86400.0)", (*params2, *params1)
+        return (
+            f"EXTRACT(EPOCH FROM ({sql2} - {sql1}))::double precision",
+            (*params2, *params1),
+        )
+
+
+class _SqlitePercentile:
+    """percentile_cont for SQLite (embedded mode), registered on the connection: SQLite runs
+    it inside the query like any aggregate."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.fraction = 0.5
+
+    def step(self, value: float | None, fraction: float) -> None:
+        if value is not None:
+            self.values.append(float(value))
+        self.fraction = fraction
+
+    def finalize(self) -> float | None:
+        if not self.values:
+            return None
+        values = sorted(self.values)
+        position = self.fraction * (len(values) - 1)
+        low = int(position)
+        high = min(low + 1, len(values) - 1)
+        return values[low] + (values[high] - values[low]) * (position - low)
+
+
+class Percentile(Aggregate):
+    """Continuous percentile (PostgreSQL's percentile_cont) of a numeric expression."""
+
+    function = "PERCENTILE_CONT"
+    name = "Percentile"
+    output_field = FloatField()
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+
+    def __init__(self, expression: Any, fraction: float, **extra: Any) -> None:
+        if not 0 <= fraction <= 1:
+            raise ValueError("fraction must be within 0..1")
+        super().__init__(expression, fraction=float(fraction), **extra)
+
+    def as_sqlite(self, compiler: Any, conn: Any, **extra: Any) -> Any:  # type: ignore[override]
+        conn.ensure_connection()
+        conn.connection.create_aggregate("hitl_percentile", 2, _SqlitePercentile)
+        return super().as_sql(
+            compiler,
+            conn,
+            function="hitl_percentile",
+            template="%(function)s(%(expressions)s, %(fraction)s)",
+            **extra,
+        )
+
+
+def _top_option_sql() -> str:
+    """The key of the AI's most confident option (the first on ties), or NULL. Correlated
+    with the outer query's proposals_proposal row (Proposal's table)."""
+    if connection.vendor == "postgresql":
+        return (
+            "(SELECT o.value->>'key' FROM jsonb_array_elements("
+            "CASE WHEN jsonb_typeof(proposals_proposal.options) = 'array' "
+            "THEN proposals_proposal.options ELSE '[]'::jsonb END"
+            ") WITH ORDINALITY AS o(value, idx) ORDER BY CASE WHEN "
+            "jsonb_typeof(o.value->'confidence') = 'number' THEN (o.value->>'confidence')::float "
+            "ELSE 0 END DESC, o.idx LIMIT 1)"
+        )
+    return (
+        "(SELECT json_extract(o.value, '$.key') FROM json_each(proposals_proposal.options) AS o "
+        "ORDER BY COALESCE(json_extract(o.value, '$.confidence'), 0) DESC, o.key LIMIT 1)"
+    )
+
+
+# --- the summary ---------------------------------------------------------------------------
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _population(checkpoints: Iterable[Checkpoint], window: Window) -> QuerySet[Proposal]:
+    return Proposal.objects.filter(
+        checkpoint_id__in=[c.pk for c in checkpoints],
+        created_at__gte=window.start,
+        created_at__lt=window.end,
+    ).order_by()
+
+
+HUMAN = Q(resolution=Resolution.REVIEWERS, status__in=[Status.APPROVED, Status.REJECTED])
+
+
+def _rates(qs: QuerySet[Proposal]) -> dict[str, Any]:
+    annotated = qs.annotate(
+        edited=Exists(Revision.objects.filter(proposal=OuterRef("pk"), kind=RevisionKind.EDITED)),
+        asked_changes=Exists(
+            Vote.objects.filter(proposal=OuterRef("pk"), decision=Decision.REQUEST_CHANGES)
+        ),
+        top_option=RawSQL(_top_option_sql(), (), output_field=CharField()),  # noqa: S611
+    )
+    override = HUMAN & (
+        ~Q(status=Status.APPROVED)
+        | Q(edited=True)
+        | Q(asked_changes=True)
+        | (Q(top_option__isnull=False) & ~Q(selected_option=F("top_option")))
+    )
+    approved_by_humans = Q(resolution=Resolution.REVIEWERS, status=Status.APPROVED)
+    decided_for_sla = Q(resolution__in=[Resolution.REVIEWERS, Resolution.TIMEOUT])
+    row = annotated.aggregate(
+        submitted=Count("pk"),
+        open=Count("pk", filter=Q(status__in=OPEN_STATUSES)),
+        by_policy=Count("pk", filter=Q(resolution__in=[Resolution.POLICY, Resolution.BYPASS])),
+        human=Count("pk", filter=HUMAN),
+        human_approved=Count("pk", filter=approved_by_humans),
+        overridden=Count("pk", filter=override),
+        modified=Count("pk", filter=approved_by_humans & Q(edited=True)),
+        escalations=Count("pk", filter=Q(escalated_at__isnull=False)),
+        timeouts=Count("pk", filter=Q(resolution=Resolution.TIMEOUT)),
+        sla_decided=Count("pk", filter=decided_for_sla),
+        sla_met=Count("pk", filter=decided_for_sla & Q(decided_at__lte=F("sla_due_at"))),
+    )
+    return {
+        "counts": row,
+        "human_review_rate": _rate(row["submitted"] - row["by_policy"], row["submitted"]),
+        "approval_rate": _rate(row["human_approved"], row["human"]),
+        "override_rate": _rate(row["overridden"], row["human"]),
+        "modification_rate": _rate(row["modified"], row["human_approved"]),
+        "sla_compliance": _rate(row["sla_met"], row["sla_decided"]),
+    }
+
+
+def _timing(qs: QuerySet[Proposal], by: str | None) -> list[dict[str, Any]]:
+    """p50/p90 time to decision and SLA compliance, overall (by=None) or grouped."""
+    seconds = SecondsBetween(F("created_at"), F("decided_at"))
+    decided_for_sla = Q(resolution__in=[Resolution.REVIEWERS, Resolution.TIMEOUT])
+    grouped = qs.filter(decided_for_sla)
+    if by:
+        grouped = grouped.values(by).order_by(by)  # type: ignore[assignment]
+    aggregates = {
+        "decided": Count("pk", filter=Q(resolution=Resolution.REVIEWERS)),
+        "p50_seconds": Percentile(seconds, 0.5, filter=Q(resolution=Resolution.REVIEWERS)),
+        "p90_seconds": Percentile(seconds, 0.9, filter=Q(resolution=Resolution.REVIEWERS)),
+        "sla_decided": Count("pk"),
+        "sla_met": Count("pk", filter=Q(decided_at__lte=F("sla_due_at"))),
+    }
+    rows: list[dict[str, Any]] = (
+        list(grouped.annotate(**aggregates)) if by else [grouped.aggregate(**aggregates)]  # type: ignore[arg-type]
+    )
+    out = []
+    for row in rows:
+        item = row
+        out.append(
+            {
+                **({by: item[by]} if by else {}),
+                "decided": item["decided"],
+                "p50_seconds": _round(item["p50_seconds"]),
+                "p90_seconds": _round(item["p90_seconds"]),
+                "sla_compliance": _rate(item["sla_met"], item["sla_decided"]),
+                "sla_met": item["sla_met"],
+                "sla_decided": item["sla_decided"],
+            }
+        )
+    return out
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 1)
+
+
+def _volumes(qs: QuerySet[Proposal], window: Window) -> list[dict[str, Any]]:
+    trunc = TruncHour if window.bucket == "hour" else TruncDay
+    rows = (
+        qs.annotate(bucket=trunc("created_at"))
+        .values("bucket", "status", "resolution")
+        .annotate(count=Count("pk"))
+        .order_by("bucket", "status", "resolution")
+    )
+    return [
+        {
+            "bucket": row["bucket"].isoformat(),
+            "status": row["status"],
+            "resolution": row["resolution"],
+            "count": row["count"],
+        }
+        for row in rows
+    ]
+
+
+def _calibration(qs: QuerySet[Proposal], checkpoints: list[Checkpoint]) -> list[dict[str, Any]]:
+    bucket = Cast(Least(Floor(F("confidence") * 10), 9), IntegerField())
+    rows = (
+        qs.filter(HUMAN, confidence__isnull=False)
+        .annotate(bucket=bucket)
+        .values("checkpoint_id", "bucket")
+        .annotate(decided=Count("pk"), approved=Count("pk", filter=Q(status=Status.APPROVED)))
+        .order_by("checkpoint_id", "bucket")
+    )
+    by_checkpoint: dict[int, dict[int, tuple[int, int]]] = {}
+    for row in rows:
+        by_checkpoint.setdefault(row["checkpoint_id"], {})[int(row["bucket"])] = (
+            row["decided"],
+            row["approved"],
+        )
+    out = []
+    for checkpoint in checkpoints:
+        counts = by_checkpoint.get(checkpoint.pk, {})
+        buckets = []
+        for index in range(10):
+            decided, approved = counts.get(index, (0, 0))
+            buckets.append(
+                {
+                    "lower": index / 10,
+                    "upper": (index + 1) / 10,
+                    "decided": decided,
+                    "approved": approved,
+                    "approval_rate": _rate(approved, decided),
+                }
+            )
+        out.append(
+            {
+                "checkpoint": checkpoint.slug,
+                "current_auto_approve_at": checkpoint.auto_approve_at,
+                "suggested_auto_approve_at": suggest_auto_approve_at(
+                    [counts.get(i, (0, 0)) for i in range(10)]
+                ),
+                "buckets": buckets,
+            }
+        )
+    return out
+
+
+def suggest_auto_approve_at(
+    buckets: list[tuple[int, int]],
+    *,
+    min_items: int = CALIBRATION_MIN_ITEMS,
+    min_approval: float = CALIBRATION_MIN_APPROVAL,
+) -> float | None:
+    """`buckets[i]` = (decided, approved) for confidence in [i/10, (i+1)/10). The lowest edge
+    from which, cumulatively upward, humans approved >= min_approval of >= min_items."""
+    for index in range(len(buckets)):
+        decided = sum(d for d, _ in buckets[index:])
+        approved = sum(a for _, a in buckets[index:])
+        if decided >= min_items and approved >= min_approval * decided:
+            return index / 10
+    return None
+
+
+def _reviewers(checkpoints: list[Checkpoint], window: Window) -> list[dict[str, Any]]:
+    ids = [c.pk for c in checkpoints]
+    seconds = SecondsBetween(F("proposal__created_at"), F("created_at"))
+    rows = (
+        Vote.objects.filter(
+            proposal__checkpoint_id__in=ids, created_at__gte=window.start, created_at__lt=window.end
+        )
+        .values("reviewer_id", "reviewer__username")
+        .annotate(
+            decisions=Count("pk"),
+            approvals=Count("pk", filter=Q(decision=Decision.APPROVE)),
+            median_review_seconds=Percentile(seconds, 0.5),
+        )
+        .order_by("-decisions", "reviewer__username")
+    )
+    # Load: what each reviewer holds now, against the open work they are eligible for.
+    open_by_checkpoint = dict(
+        Proposal.objects.filter(checkpoint_id__in=ids, status=Status.PENDING)
+        .order_by()
+        .values_list("checkpoint_id")
+        .annotate(n=Count("pk"))
+    )
+    claimed = dict(
+        Proposal.objects.filter(
+            checkpoint_id__in=ids, status__in=OPEN_STATUSES, claimed_by__isnull=False
+        )
+        .order_by()
+        .values_list("claimed_by_id")
+        .annotate(n=Count("pk"))
+    )
+    eligible: dict[int, int] = {}
+    for checkpoint in checkpoints:  # one query per checkpoint, not per proposal
+        for user_id in holders(checkpoint, REVIEW).values_list("pk", flat=True):
+            eligible[user_id] = eligible.get(user_id, 0) + open_by_checkpoint.get(checkpoint.pk, 0)
+    out = [
+        {
+            "reviewer": row["reviewer__username"],
+            "decisions": row["decisions"],
+            "approvals": row["approvals"],
+            "median_review_seconds": _round(row["median_review_seconds"]),
+            "claimed": claimed.get(row["reviewer_id"], 0),
+            "open_eligible": eligible.get(row["reviewer_id"], 0),
+        }
+        for row in rows
+    ]
+    return out
+
+
+def summary(checkpoints: list[Checkpoint], window: Window) -> dict[str, Any]:
+    qs = _population(checkpoints, window)
+    rates = _rates(qs)
+    counts = rates.pop("counts")
+    overall = _timing(qs, None)[0]
+    by_checkpoint = {c.pk: c.slug for c in checkpoints}
+    return {
+        "window": {
+            "period": window.period,
+            "start": window.start.isoformat(),
+            "end": window.end.isoformat(),
+            "bucket": window.bucket,
+        },
+        "checkpoints": [c.slug for c in checkpoints],
+        "totals": {
+            "submitted": counts["submitted"],
+            "open": counts["open"],
+            "decided_by_policy": counts["by_policy"],
+            "decided_by_reviewers": counts["human"],
+            "escalations": counts["escalations"],
+            "timeouts": counts["timeouts"],
+        },
+        "rates": rates,
+        "time_to_decision": {
+            "p50_seconds": overall["p50_seconds"],
+            "p90_seconds": overall["p90_seconds"],
+            "decided": overall["decided"],
+            "by_checkpoint": [
+                {**row, "checkpoint": by_checkpoint.get(row.pop("checkpoint_id"), "?")}
+                for row in _timing(qs, "checkpoint_id")
+            ],
+            "by_priority": _timing(qs, "priority"),
+        },
+        "volumes": _volumes(qs, window),
+        "reviewers": _reviewers(checkpoints, window),
+        "calibration": _calibration(qs, checkpoints),
+    }
+
+
+# --- for the page's charts -----------------------------------------------------------------
+
+SERIES_ORDER = [
+    ("approved", "reviewers"),
+    ("approved", "policy"),
+    ("approved", "timeout"),
+    ("approved", "bypass"),
+    ("rejected", "reviewers"),
+    ("rejected", "policy"),
+    ("rejected", "timeout"),
+    ("rejected", "revoked"),
+    ("cancelled", "cancelled"),
+    ("changes_requested", ""),
+    ("pending", ""),
+]
+
+
+def chart_data(data: dict[str, Any]) -> dict[str, Any]:
+    """What static/hitl/dashboard.js draws: plain lists, no logic left for the browser."""
+    labels = sorted({row["bucket"] for row in data["volumes"]})
+    index = {label: i for i, label in enumerate(labels)}
+    series: dict[tuple[str, str], list[int]] = {}
+    for row in data["volumes"]:
+        key = (row["status"], row["resolution"])
+        series.setdefault(key, [0] * len(labels))[index[row["bucket"]]] += row["count"]
+    ordered = [k for k in SERIES_ORDER if k in series] + sorted(
+        k for k in series if k not in SERIES_ORDER
+    )
+    return {
+        "volumes": {
+            "labels": labels,
+            "bucket": data["window"]["bucket"],
+            "series": [
+                {
+                    "name": f"{status} · {resolution}" if resolution else status,
+                    "status": status,
+                    "values": series[(status, resolution)],
+                }
+                for status, resolution in ordered
+            ],
+        },
+        "calibration": [
+            {
+                "checkpoint": item["checkpoint"],
+                "labels": [f"{b['lower']:.1f}" for b in item["buckets"]],
+                "rates": [b["approval_rate"] for b in item["buckets"]],
+                "counts": [b["decided"] for b in item["buckets"]],
+            }
+            for item in data["calibration"]
+        ],
+    }
