@@ -18,11 +18,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 STAMP = VENV / ".pyproject.sha256"
+CLIENT_PYPROJECT = ROOT / "clients" / "python" / "pyproject.toml"
 REQUIRED_MODULES = ("django", "rest_framework", "guardian", "simple_history", "celery", "channels")
 
 
 def _pyproject_digest() -> str:
-    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes())
+    digest.update(CLIENT_PYPROJECT.read_bytes())  # the client and its adapters, for tests/clients
+    return digest.hexdigest()
 
 
 def _venv_is_current() -> bool:
@@ -45,6 +48,8 @@ def _build_venv() -> None:
             "--disable-pip-version-check",
             "-e",
             f"{ROOT}[dev]",
+            "-e",
+            f"{CLIENT_PYPROJECT.parent}[webhooks,pydantic,langgraph,openai-agents,mcp]",
         ],
         check=True,
     )
