@@ -1,0 +1,2 @@
+"""Operations: health checks, Prometheus metrics and the override-rate alert (README "For
+operators")."""

@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from hitl.ops import views
+
+urlpatterns = [
+    path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
+    path("metrics", views.metrics_view, name="metrics"),
+]
