@@ -2,95 +2,62 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from rest_framework import serializers
 
 from audit.models import AuditEvent
+from hitl.api.fields import (
+    AnyJSONField,
+    InputSerializer,
+    JSONObjectField,
+    StrictCharField,
+    StrictChoiceField,
+    StrictDecimalField,
+    StrictDictField,
+    StrictFloatField,
+    StrictIntegerField,
+    StrictListField,
+    StrictSlugField,
+    StrictURLField,
+)
 from notifications.models import WEBHOOK_EVENTS
 from proposals.models import Checkpoint, Decision, Priority, Proposal, Revision, Vote
 from proposals.permissions import Access
 
-MAX_JSON_DEPTH = 32
+# --- input: request bodies (InputSerializer refuses any field that coerces JSON types) ---------
 
 
-def _depth(value: Any, level: int = 0) -> int:
-    if level > MAX_JSON_DEPTH:
-        return level
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level + 1)
-    return level
-
-
-class JSONObjectField(serializers.JSONField):
-    """A JSON object (not a list or scalar), bounded in depth."""
-
-    default_error_messages = {
-        "not_object": "Must be a JSON object.",
-        "too_deep": f"Nested deeper than {MAX_JSON_DEPTH} levels.",
-    }
-
-    def to_internal_value(self, data: Any) -> Any:
-        value = super().to_internal_value(data)
-        if not isinstance(value, dict):
-            self.fail("not_object")
-        if _depth(value) > MAX_JSON_DEPTH:
-            self.fail("too_deep")
-        return value
-
-
-class FiniteFloatField(serializers.FloatField):
-    def to_internal_value(self, data: Any) -> float:
-        try:
-            value = super().to_internal_value(data)
-        except OverflowError:  # float(10**400): DRF only catches TypeError/ValueError
-            raise serializers.ValidationError("Must be a finite number.") from None
-        if not math.isfinite(value):
-            raise serializers.ValidationError("Must be a finite number.")
-        return value
-
-
-class OptionSerializer(serializers.Serializer):
-    key = serializers.CharField(max_length=100)
-    label = serializers.CharField(  # type: ignore[assignment]  # shadows Field.label
+class OptionSerializer(InputSerializer):
+    key = StrictCharField(max_length=100)
+    label = StrictCharField(  # type: ignore[assignment]  # shadows Field.label
         max_length=300, required=False, allow_blank=True, default=""
     )
     payload = JSONObjectField()
-    confidence = FiniteFloatField(min_value=0, max_value=1, required=False, allow_null=True)
+    confidence = StrictFloatField(min_value=0, max_value=1, required=False, allow_null=True)
 
 
-class ProposalInputSerializer(serializers.Serializer):
-    checkpoint = serializers.SlugField(max_length=100)
-    title = serializers.CharField(max_length=300)
-    summary = serializers.CharField(required=False, allow_blank=True, default="", max_length=20000)
+class ProposalInputSerializer(InputSerializer):
+    checkpoint = StrictSlugField(max_length=100)
+    title = StrictCharField(max_length=300)
+    summary = StrictCharField(required=False, allow_blank=True, default="", max_length=20000)
     payload = JSONObjectField()
-    options = serializers.ListField(
-        child=OptionSerializer(), required=False, default=list, max_length=50
-    )
+    options = StrictListField(child=OptionSerializer(), required=False, default=list, max_length=50)
     context = JSONObjectField(required=False, default=dict)  # type: ignore[assignment]
-    confidence = FiniteFloatField(min_value=0, max_value=1, required=False, allow_null=True)
-    priority = serializers.ChoiceField(choices=Priority.choices, default=Priority.MEDIUM)
-    impact = serializers.DecimalField(
-        max_digits=20, decimal_places=4, required=False, allow_null=True
+    confidence = StrictFloatField(min_value=0, max_value=1, required=False, allow_null=True)
+    priority = StrictChoiceField(choices=Priority.choices, default=Priority.MEDIUM)
+    impact = StrictDecimalField(max_digits=20, decimal_places=4, required=False, allow_null=True)
+    region = StrictCharField(max_length=100, required=False, allow_blank=True, default="")
+    labels = StrictDictField(
+        child=StrictCharField(max_length=200, allow_blank=True), required=False, default=dict
     )
-    region = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
-    labels = serializers.DictField(
-        child=serializers.CharField(max_length=200, allow_blank=True), required=False, default=dict
-    )
-    external_id = serializers.CharField(
-        max_length=200, required=False, allow_blank=True, default=""
-    )
-    callback_url = serializers.URLField(
-        max_length=500, required=False, allow_blank=True, default=""
-    )
+    external_id = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
+    callback_url = StrictURLField(max_length=500, required=False, allow_blank=True, default="")
 
 
-class BulkInputSerializer(serializers.Serializer):
-    proposals = serializers.ListField(
-        child=serializers.JSONField(), min_length=1, max_length=500, allow_empty=False
+class BulkInputSerializer(InputSerializer):
+    proposals = StrictListField(
+        child=AnyJSONField(), min_length=1, max_length=500, allow_empty=False
     )
 
 
@@ -105,27 +72,25 @@ class BulkOutputSerializer(serializers.Serializer):
     results = BulkItemResultSerializer(many=True)
 
 
-class VoteInputSerializer(serializers.Serializer):
-    decision = serializers.ChoiceField(choices=Decision.choices)
-    revision = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
-    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=10000)
-    selected_option = serializers.CharField(
-        required=False, allow_blank=True, default="", max_length=100
-    )
-    patch = serializers.ListField(
+class VoteInputSerializer(InputSerializer):
+    decision = StrictChoiceField(choices=Decision.choices)
+    revision = StrictIntegerField(min_value=1, max_value=2**31 - 1)
+    comment = StrictCharField(required=False, allow_blank=True, default="", max_length=10000)
+    selected_option = StrictCharField(required=False, allow_blank=True, default="", max_length=100)
+    patch = StrictListField(
         child=JSONObjectField(), required=False, allow_null=True, default=None, max_length=1000
     )
     adjustments = JSONObjectField(required=False, allow_null=True, default=None)
 
 
-class ReviseInputSerializer(serializers.Serializer):
+class ReviseInputSerializer(InputSerializer):
     payload = JSONObjectField()
-    summary = serializers.CharField(required=False, allow_blank=True, default="", max_length=20000)
-    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=10000)
+    summary = StrictCharField(required=False, allow_blank=True, default="", max_length=20000)
+    comment = StrictCharField(required=False, allow_blank=True, default="", max_length=10000)
 
 
-class ReasonInputSerializer(serializers.Serializer):
-    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=10000)
+class ReasonInputSerializer(InputSerializer):
+    reason = StrictCharField(required=False, allow_blank=True, default="", max_length=10000)
 
 
 class ProposalListQuerySerializer(serializers.Serializer):
@@ -291,13 +256,13 @@ class AuditEventOutputSerializer(serializers.ModelSerializer[AuditEvent]):
         ]
 
 
-class WebhookEndpointInputSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
-    url = serializers.URLField(max_length=500)
-    events = serializers.ListField(
-        child=serializers.ChoiceField(choices=WEBHOOK_EVENTS), required=False, default=list
+class WebhookEndpointInputSerializer(InputSerializer):
+    name = StrictCharField(max_length=100)
+    url = StrictURLField(max_length=500)
+    events = StrictListField(
+        child=StrictChoiceField(choices=WEBHOOK_EVENTS), required=False, default=list
     )
-    checkpoint = serializers.SlugField(required=False, allow_null=True, default=None)
+    checkpoint = StrictSlugField(required=False, allow_null=True, default=None)
 
 
 class WebhookEndpointOutputSerializer(serializers.Serializer):
