@@ -55,7 +55,9 @@ class OutboxEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 class WebhookEndpointForm(forms.ModelForm):
-    url = forms.URLField(max_length=500, assume_scheme="https")
+    url = forms.URLField(
+        max_length=500, assume_scheme="https", validators=[webhooks.webhook_url_validator]
+    )
     events = forms.MultipleChoiceField(
         choices=[(e, e) for e in WEBHOOK_EVENTS],
         required=False,

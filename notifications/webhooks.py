@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from standardwebhooks import Webhook
@@ -59,6 +60,9 @@ BACKOFF_SECONDS = (
 LEASE_SECONDS = 60
 
 
+MAX_URL_LENGTH = 500  # the url columns' max_length
+
+
 class UnsafeTarget(ValueError):
     pass
 
@@ -67,33 +71,122 @@ def _allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     return [ipaddress.ip_network(n, strict=False) for n in settings.HITL_WEBHOOK_ALLOWED_NETWORKS]
 
 
-def check_target(url: str) -> None:
-    """Refuse URLs that resolve to loopback, private, link-local, multicast or reserved
-    addresses (SSRF into the internal network) unless HITL_WEBHOOK_ALLOWED_NETWORKS allows
-    them. Checked at registration and again before every attempt (DNS can change)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+def _refusal(host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why this address may not be a webhook target, or None. Only globally routable unicast
+    addresses pass: `is_global` also excludes carrier-grade NAT (100.64.0.0/10), benchmarking,
+    documentation and the other special-purpose ranges a deny-list forgets."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is loopback
+    if address.is_global and not address.is_multicast:
+        return None
+    if any(address in network for network in _allowed_networks()):
+        return None
+    return (
+        f"{host} resolves to {address}, a non-public address; "
+        "allow it with HITL_WEBHOOK_ALLOWED_NETWORKS."
+    )
+
+
+def validate_webhook_url(url: Any) -> str:
+    """The one syntax check for every URL we will POST to (webhook endpoints from the API and
+    the admin, proposal callback_url): an absolute http(s) URL with a host, a valid port, no
+    credentials, and, when the host is an IP literal, a public one. Raises UnsafeTarget."""
+    if not isinstance(url, str) or not url:
         raise UnsafeTarget("Webhook URLs must be absolute http(s) URLs.")
+    if len(url) > MAX_URL_LENGTH:
+        raise UnsafeTarget(f"Webhook URLs are at most {MAX_URL_LENGTH} characters.")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        raise UnsafeTarget("Webhook URLs cannot contain spaces or control characters.")
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise UnsafeTarget(f"Cannot resolve {parts.hostname}: {exc}") from None
-    allowed = _allowed_networks()
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        internal = (
-            address.is_private
-            or address.is_loopback
-            or address.is_link_local
-            or address.is_multicast
-            or address.is_reserved
-            or address.is_unspecified
+        parts = urlsplit(url)
+        port = parts.port  # raises for 99999, "x", ...
+        hostname = parts.hostname
+    except ValueError as exc:
+        raise UnsafeTarget(f"Not a valid URL: {exc}.") from None
+    if parts.scheme not in ("http", "https") or not hostname:
+        raise UnsafeTarget("Webhook URLs must be absolute http(s) URLs.")
+    if port == 0:
+        raise UnsafeTarget("Not a valid URL: port 0.")
+    if parts.username is not None or parts.password is not None:
+        raise UnsafeTarget("Webhook URLs cannot carry credentials; receivers verify signatures.")
+    try:
+        httpx.URL(url)  # what delivery will parse: refuse here what it would refuse there
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise UnsafeTarget(f"Not a valid URL: {exc}.") from None
+    try:
+        literal = ipaddress.ip_address(hostname)
+    except ValueError:
+        return url
+    refusal = _refusal(hostname, literal)
+    if refusal is not None:
+        raise UnsafeTarget(refusal)
+    return url
+
+
+def webhook_url_validator(value: Any) -> None:
+    """validate_webhook_url as a Django validator, for model/DRF/form fields: its refusal
+    becomes the field's error (a 400 with details in the API)."""
+    try:
+        validate_webhook_url(value)
+    except UnsafeTarget as exc:
+        raise DjangoValidationError(str(exc), code="invalid_url") from None
+
+
+@dataclass(frozen=True)
+class PinnedTarget:
+    """A URL and the one address it was checked against: delivery connects there and only
+    there, so a resolver that answers differently the second time (DNS rebinding) is not
+    asked a second time."""
+
+    url: str
+    address: str
+
+    def request_url(self) -> httpx.URL:
+        return httpx.URL(self.url).copy_with(host=self.address)
+
+    def host_header(self) -> str:
+        return httpx.URL(self.url).netloc.decode("ascii")
+
+    def extensions(self) -> dict[str, Any]:
+        parsed = httpx.URL(self.url)
+        host = parsed.raw_host.decode("ascii")
+        if parsed.scheme != "https" or host == self.address:
+            return {}
+        # TLS: send the name as SNI and verify the certificate against it, not the address.
+        return {"sni_hostname": host}
+
+
+def resolve_target(url: str) -> PinnedTarget:
+    """Validate, resolve, and refuse unless every address the name has is allowed (loopback,
+    private, link-local, CGNAT, ... are refused unless HITL_WEBHOOK_ALLOWED_NETWORKS allows
+    them). Checked at registration and again before every attempt (DNS can change); the
+    attempt then connects to the address returned here."""
+    validate_webhook_url(url)
+    parsed = httpx.URL(url)
+    host = parsed.raw_host.decode("ascii")  # IDNA: what DNS and SNI see
+    try:
+        infos = socket.getaddrinfo(
+            host,
+            parsed.port or (443 if parsed.scheme == "https" else 80),
+            type=socket.SOCK_STREAM,
+            proto=socket.IPPROTO_TCP,
         )
-        if internal and not any(address in network for network in allowed):
-            raise UnsafeTarget(
-                f"{parts.hostname} resolves to {address}, a non-public address; "
-                "allow it with HITL_WEBHOOK_ALLOWED_NETWORKS."
-            )
+    except (OSError, UnicodeError) as exc:
+        raise UnsafeTarget(f"Cannot resolve {host}: {exc}") from None
+    addresses = []
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        refusal = _refusal(host, address)
+        if refusal is not None:
+            raise UnsafeTarget(refusal)
+        addresses.append(str(address))
+    if not addresses:
+        raise UnsafeTarget(f"Cannot resolve {host}: no address")
+    return PinnedTarget(url=url, address=addresses[0])
+
+
+def check_target(url: str) -> None:
+    resolve_target(url)
 
 
 @dataclass(frozen=True)
@@ -205,6 +298,20 @@ def _claim(delivery_id: Any) -> WebhookDelivery | None:
             delivery.last_error = "endpoint disabled"
             delivery.save(update_fields=["status", "last_error"])
             return None
+        if (
+            delivery.attempts >= settings.HITL_WEBHOOK_MAX_ATTEMPTS
+            and not DeliveryAttempt.objects.filter(
+                delivery=delivery, number=delivery.attempts
+            ).exists()
+        ):
+            # The last attempt left no record (its worker died mid-call): stop rather than
+            # lease it forever. (An admin redeliver after a recorded last attempt still runs.)
+            delivery.status = DeliveryStatus.FAILED
+            delivery.last_error = (
+                delivery.last_error or f"gave up after {delivery.attempts} attempts"
+            )
+            delivery.save(update_fields=["status", "last_error"])
+            return None
         delivery.attempts += 1
         delivery.next_attempt_at = now + timedelta(seconds=LEASE_SECONDS)
         delivery.save(update_fields=["attempts", "next_attempt_at"])
@@ -242,17 +349,26 @@ def deliver(delivery_id: Any, *, client: httpx.Client | None = None) -> str | No
     error = ""
     retry_after: float | None = None
     try:
-        check_target(delivery.url)
+        target = resolve_target(delivery.url)
         secret = _signing_secret(delivery)
         if secret is None:
             raise UnsafeTarget("no signing secret for this callback (not a service account)")
         body = message_body(delivery.event)
         headers = signed_headers(str(delivery.event_id), secret, body, started)
+        headers["host"] = target.host_header()
         own_client = client or httpx.Client(
-            timeout=settings.HITL_WEBHOOK_TIMEOUT_SECONDS, follow_redirects=False
+            timeout=settings.HITL_WEBHOOK_TIMEOUT_SECONDS,
+            follow_redirects=False,
+            # No proxy from the environment: the address checked must be the one connected to.
+            trust_env=False,
         )
         try:
-            response = own_client.post(delivery.url, content=body.encode(), headers=headers)
+            response = own_client.post(
+                target.request_url(),
+                content=body.encode(),
+                headers=headers,
+                extensions=target.extensions(),
+            )
         finally:
             if client is None:
                 own_client.close()
@@ -261,6 +377,14 @@ def deliver(delivery_id: Any, *, client: httpx.Client | None = None) -> str | No
     except UnsafeTarget as exc:
         error = f"refused: {exc}"
     except httpx.HTTPError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:
+        # Whatever went wrong (a row that predates validation, a TLS library error, a bug):
+        # a recorded failed attempt that counts toward HITL_WEBHOOK_MAX_ATTEMPTS, never a
+        # crash that leaves the lease to expire and the attempt unrecorded, again and again.
+        logger.warning(
+            "webhook %s attempt %s crashed", delivery.pk, delivery.attempts, exc_info=True
+        )
         error = f"{type(exc).__name__}: {exc}"
     duration_ms = int((time.monotonic() - clock) * 1000)
     return _record_attempt(delivery, started, duration_ms, status_code, error, retry_after)

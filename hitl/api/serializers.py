@@ -22,6 +22,7 @@ from hitl.api.fields import (
     StrictURLField,
 )
 from notifications.models import WEBHOOK_EVENTS
+from notifications.webhooks import webhook_url_validator
 from proposals.models import Checkpoint, Decision, Priority, Proposal, Revision, Vote
 from proposals.permissions import Access
 
@@ -52,7 +53,13 @@ class ProposalInputSerializer(InputSerializer):
         child=StrictCharField(max_length=200, allow_blank=True), required=False, default=dict
     )
     external_id = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
-    callback_url = StrictURLField(max_length=500, required=False, allow_blank=True, default="")
+    callback_url = StrictURLField(
+        max_length=500,
+        required=False,
+        allow_blank=True,
+        default="",
+        validators=[webhook_url_validator],
+    )
 
 
 class BulkInputSerializer(InputSerializer):
@@ -258,7 +265,7 @@ class AuditEventOutputSerializer(serializers.ModelSerializer[AuditEvent]):
 
 class WebhookEndpointInputSerializer(InputSerializer):
     name = StrictCharField(max_length=100)
-    url = StrictURLField(max_length=500)
+    url = StrictURLField(max_length=500, validators=[webhook_url_validator])
     events = StrictListField(
         child=StrictChoiceField(choices=WEBHOOK_EVENTS), required=False, default=list
     )

@@ -70,7 +70,7 @@ class WebhookListCreateView(_WebhookBase):
 class WebhookDetailView(_WebhookBase):
     def _get(self, endpoint_id: str) -> WebhookEndpoint:
         endpoint = None
-        if endpoint_id.isdigit():
+        if endpoint_id.isascii() and endpoint_id.isdigit():  # "¹".isdigit() is True
             endpoint = self.endpoints().filter(pk=endpoint_id).first()
         if endpoint is None:
             raise NotFound("Webhook endpoint not found.")
