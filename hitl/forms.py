@@ -12,6 +12,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.utils import timezone
 
+from proposals import policy
 from proposals.models import Checkpoint, Decision, Proposal
 from proposals.permissions import MANAGE, REVIEW, REVIEW_ESCALATED, SUBMIT, groups_with
 
@@ -40,6 +41,7 @@ class ReviewForm(forms.Form):
 
     def __init__(self, *args: Any, proposal: Proposal, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.proposal = proposal
         self.fields["revision"].initial = proposal.revision
         options = [o for o in proposal.options or [] if isinstance(o, dict) and "key" in o]
         if options:
@@ -58,6 +60,31 @@ class ReviewForm(forms.Form):
             self.fields["comment"].help_text = f"Required to {labels}. " + str(
                 self.fields["comment"].help_text
             )
+
+    def clean(self) -> dict[str, Any]:
+        """The same ballot rules as the service (proposals.policy), shown next to the form."""
+        data = super().clean() or {}
+        decision = data.get("decision")
+        if decision:
+            options = [o for o in self.proposal.options or [] if isinstance(o, dict)]
+            problem = policy.ballot_problem(
+                decision=decision,
+                option_keys=[str(o.get("key")) for o in options],
+                selected_option=data.get("selected_option") or "",
+                edits=data.get("adjustments") is not None,
+            )
+            if problem is not None:
+                raise forms.ValidationError(problem)
+            if policy.reason_missing(
+                decision=decision,
+                require_reason_on=self.proposal.checkpoint.require_reason_on,
+                comment=data.get("comment") or "",
+            ):
+                self.add_error(
+                    "comment",
+                    f"A reason is required to {decision.replace('_', ' ')} at this checkpoint.",
+                )
+        return data
 
     def clean_adjustments(self) -> dict[str, Any] | None:
         text = str(self.cleaned_data.get("adjustments") or "").strip()

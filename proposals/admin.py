@@ -46,6 +46,7 @@ from proposals.permissions import (
     SUBMIT,
     Access,
     access_for,
+    allowed_actions,
     groups_with,
     set_groups,
     visible_proposals_q,
@@ -392,23 +393,16 @@ class ProposalAdmin(VisibleHistoryMixin, SimpleHistoryAdmin):
         votes = list(proposal.votes.all())  # prefetched by the selector
         current = [v for v in votes if v.revision == proposal.revision]
         counts = {d: sum(1 for v in current if v.decision == d) for d in Decision.values}
-        approved_it = any(
-            v.decision == Decision.APPROVE and v.reviewer_id == access.user_id for v in votes
-        )
-        can_vote = proposal.status == Status.PENDING and (
-            access.reviewer_role(proposal) or access.is_submitter(proposal)
-        )
-        can_cancel = proposal.is_open and (
-            access.is_submitter(proposal) or access.may_manage(proposal)
-        )
-        can_revoke = (
-            proposal.status == Status.APPROVED
-            and (access.may_manage(proposal) or (approved_it and access.may_review(proposal)))
-            and policy.revocable(
-                decided_at=proposal.decided_at,
-                window_seconds=proposal.checkpoint.revocation_window_seconds,
-                now=timezone.now(),
-            )
+        # The one rule the services enforce: proposals.permissions.allowed_actions.
+        now = timezone.now()
+        allowed = allowed_actions(access, proposal, votes=votes, now=now)
+        can_cancel, can_revoke = allowed.cancel, allowed.revoke
+        # A submitter who also reviews the checkpoint sees the form with the reason it is
+        # refused (the template says so), rather than no form at all.
+        can_vote = allowed.vote or (
+            access.is_submitter(proposal)
+            and access.reviewer_role(proposal)
+            and policy.voting_open(status=proposal.status, due_at=proposal.due_at, now=now)
         )
         return {
             "revisions": [

@@ -65,5 +65,11 @@ class Unprocessable(ApplicationError):
     status_code = 422
 
 
+class PayloadLimitExceeded(Unprocessable):
+    """A payload past the bounds of a submitted one (size, depth, patch operations)."""
+
+    code = "payload_limit_exceeded"
+
+
 class IdempotencyMismatch(Unprocessable):
     code = "idempotency_key_reused"

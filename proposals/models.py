@@ -32,8 +32,9 @@ class Action(models.TextChoices):
 
 
 # The whole state machine. A (status, action) pair missing here is refused with 409.
-# changes_requested -> approve/reject exists for timeouts (the checkpoint's timeout_action) and
-# for the max_revisions rule; reviewers can only vote on `pending` (see services.vote_cast).
+# changes_requested -> reject exists for timeouts; there is no changes_requested -> approve:
+# content a reviewer asked to change is never approved without a new revision and a vote.
+# Reviewers can only vote on `pending` (see services.vote_cast).
 TRANSITIONS: dict[str, dict[str, str]] = {
     Status.PENDING: {
         Action.APPROVE: Status.APPROVED,
@@ -43,7 +44,6 @@ TRANSITIONS: dict[str, dict[str, str]] = {
     },
     Status.CHANGES_REQUESTED: {
         Action.REVISE: Status.PENDING,
-        Action.APPROVE: Status.APPROVED,
         Action.REJECT: Status.REJECTED,
         Action.CANCEL: Status.CANCELLED,
     },
@@ -396,6 +396,3 @@ class Vote(models.Model):
     def __str__(self) -> str:
         return f"{self.reviewer_id} {self.decision} r{self.revision}"
 
-
-def option_by_key(options: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
-    return next((o for o in options if isinstance(o, dict) and o.get("key") == key), None)

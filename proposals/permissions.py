@@ -1,27 +1,36 @@
 """Who may do what, from django-guardian object permissions on checkpoints.
 
-One rule serves lists, details, services and the admin alike:
+One rule serves lists, details, services, the admin, the pages and the commands alike:
 - submit: `submit_to_checkpoint`;
-- review: `review_checkpoint`, or `review_escalated_checkpoint` once a proposal is escalated;
-  never on one's own proposal (separation of duties);
+- vote: `review_checkpoint`, or `review_escalated_checkpoint` once a proposal is escalated;
+  never on one's own proposal (separation of duties). `may_vote_with` is THE rule: `Access`
+  applies it to one user's grants, `electorate` to every user's grants on a checkpoint, so the
+  number of approvers counted for `all`/`majority` is exactly the set of people who may vote;
 - manage: `manage_checkpoint` (object or model-level), superusers;
 - see a proposal: its submitter, anyone who may review or manage it.
-Model-level (global) grants of the same codenames apply to every checkpoint.
+A grant lives in one of four places: on the user or on one of its groups, for one checkpoint
+(guardian object permission) or for every checkpoint (Django model-level permission).
+Superusers manage and submit everywhere but vote only where granted a review permission like
+anyone else: being an administrator does not make one an approver of every `all` quorum.
+`allowed_actions` combines these with the state rules of proposals.policy for every screen.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
-from django.db.models import Q, QuerySet
+from django.db.models import CharField, Q, QuerySet, Value
 from guardian.models import GroupObjectPermission, UserObjectPermission
 from guardian.shortcuts import assign_perm, get_groups_with_perms, remove_perm
 
-from proposals.models import Checkpoint, Proposal
+from proposals import policy
+from proposals.models import Checkpoint, Decision, Proposal, Vote
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
@@ -33,6 +42,18 @@ REVIEW = "review_checkpoint"
 REVIEW_ESCALATED = "review_escalated_checkpoint"
 MANAGE = "manage_checkpoint"
 CODENAMES = (SUBMIT, REVIEW, REVIEW_ESCALATED, MANAGE)
+# What being a superuser grants on every checkpoint. Not the review codenames: see above.
+SUPERUSER_CODENAMES = (SUBMIT, MANAGE)
+
+
+def voting_codenames(*, escalated: bool) -> tuple[str, ...]:
+    return (REVIEW, REVIEW_ESCALATED) if escalated else (REVIEW,)
+
+
+def may_vote_with(grants: Collection[str], *, is_submitter: bool, escalated: bool) -> bool:
+    """THE rule of who may vote on a proposal, given the codenames the user holds on its
+    checkpoint. Used for one user (Access.may_review) and for the electorate (electorate)."""
+    return not is_submitter and any(c in grants for c in voting_codenames(escalated=escalated))
 
 
 @dataclass(frozen=True)
@@ -44,6 +65,9 @@ class Access:
 
     def has(self, codename: str, checkpoint_id: int) -> bool:
         return checkpoint_id in self.by_perm.get(codename, frozenset())
+
+    def codenames_on(self, checkpoint_id: int) -> frozenset[str]:
+        return frozenset(c for c, ids in self.by_perm.items() if checkpoint_id in ids)
 
     def ids(self, *codenames: str) -> frozenset[int]:
         result: frozenset[int] = frozenset()
@@ -65,12 +89,19 @@ class Access:
 
     def reviewer_role(self, proposal: Proposal) -> bool:
         """Holds a reviewing permission for this proposal (ignoring separation of duties)."""
-        return self.has(REVIEW, proposal.checkpoint_id) or (
-            proposal.escalated_at is not None and self.has(REVIEW_ESCALATED, proposal.checkpoint_id)
+        return may_vote_with(
+            self.codenames_on(proposal.checkpoint_id),
+            is_submitter=False,
+            escalated=proposal.escalated_at is not None,
         )
 
     def may_review(self, proposal: Proposal) -> bool:
-        return self.reviewer_role(proposal) and not self.is_submitter(proposal)
+        """May vote (and claim): the same rule as `electorate`."""
+        return may_vote_with(
+            self.codenames_on(proposal.checkpoint_id),
+            is_submitter=self.is_submitter(proposal),
+            escalated=proposal.escalated_at is not None,
+        )
 
     def may_view(self, proposal: Proposal) -> bool:
         return (
@@ -81,30 +112,60 @@ class Access:
 NO_ACCESS = Access(user_id=None)
 
 
+def _grant_rows(
+    *,
+    user_id: int | None = None,
+    checkpoint_id: int | None = None,
+    codenames: Iterable[str] = CODENAMES,
+) -> Iterator[tuple[int, str, int | None]]:
+    """(user id, codename, checkpoint id, or None for every checkpoint) for each grant held by
+    an active user, from the four places a grant can live. One UNION query; both directions
+    (a user's checkpoints, a checkpoint's users) read grants only through here."""
+    content_type = ContentType.objects.get_for_model(Checkpoint)
+    codenames = list(codenames)
+    on_object = Q(content_type=content_type, permission__codename__in=codenames)
+    if checkpoint_id is not None:
+        on_object &= Q(object_pk=str(checkpoint_id))
+    on_model = Q(permission__content_type=content_type, permission__codename__in=codenames)
+    by_user = Q(user_id=user_id) if user_id is not None else Q()
+    by_member = Q(group__user=user_id) if user_id is not None else Q()
+    everywhere = Value(None, output_field=CharField())
+    user_model = get_user_model()
+    rows = (
+        UserObjectPermission.objects.filter(on_object, by_user, user__is_active=True)
+        .values_list("user_id", "permission__codename", "object_pk")
+        .union(
+            GroupObjectPermission.objects.filter(
+                on_object, by_member, group__user__is_active=True
+            ).values_list("group__user", "permission__codename", "object_pk"),
+            user_model.user_permissions.through.objects.filter(
+                on_model, by_user, user__is_active=True
+            ).values_list("user_id", "permission__codename", everywhere),
+            Group.permissions.through.objects.filter(
+                on_model, by_member, group__user__is_active=True
+            ).values_list("group__user", "permission__codename", everywhere),
+            all=True,
+        )
+    )
+    for uid, codename, object_pk in rows:
+        yield uid, codename, (int(object_pk) if object_pk is not None else None)
+
+
 def access_for(user: AnyUser | None) -> Access:
-    """Two queries (user grants, group grants), plus one when a model-level grant applies."""
+    """One query for the grants, plus one when a grant (or superuser status) covers every
+    checkpoint."""
     if user is None or not user.is_authenticated or not user.is_active:
         return NO_ACCESS
-    if user.is_superuser:
-        every = frozenset(Checkpoint.objects.values_list("pk", flat=True))
-        return Access(user_id=user.pk, by_perm=dict.fromkeys(CODENAMES, every))
-
-    content_type = ContentType.objects.get_for_model(Checkpoint)
     found: dict[str, set[int]] = {codename: set() for codename in CODENAMES}
-    for model, user_filter in (
-        (UserObjectPermission, Q(user=user)),
-        (GroupObjectPermission, Q(group__user=user)),
-    ):
-        rows = model.objects.filter(
-            user_filter, content_type=content_type, permission__codename__in=CODENAMES
-        ).values_list("permission__codename", "object_pk")
-        for codename, object_pk in rows:
-            found[codename].add(int(object_pk))
-
-    global_codenames = [c for c in CODENAMES if user.has_perm(f"proposals.{c}")]
-    if global_codenames:
+    everywhere: set[str] = set(SUPERUSER_CODENAMES) if user.is_superuser else set()
+    for _uid, codename, checkpoint_id in _grant_rows(user_id=user.pk):
+        if checkpoint_id is None:
+            everywhere.add(codename)
+        else:
+            found[codename].add(checkpoint_id)
+    if everywhere:
         every_id = set(Checkpoint.objects.values_list("pk", flat=True))
-        for codename in global_codenames:
+        for codename in everywhere:
             found[codename] = every_id
     return Access(
         user_id=user.pk, by_perm={codename: frozenset(ids) for codename, ids in found.items()}
@@ -131,28 +192,105 @@ def reviewable_proposals_q(access: Access) -> Q:
     ) & ~Q(submitted_by_id=access.user_id)
 
 
-def holders(checkpoint: Checkpoint, codename: str, *, exclude_user_id: int | None = None) -> Any:
-    """Active users holding `codename` on this checkpoint, directly or through a group;
-    superusers only count when granted explicitly."""
-    content_type = ContentType.objects.get_for_model(Checkpoint)
-    direct = UserObjectPermission.objects.filter(
-        content_type=content_type, object_pk=str(checkpoint.pk), permission__codename=codename
-    ).values("user_id")
-    via_group = GroupObjectPermission.objects.filter(
-        content_type=content_type, object_pk=str(checkpoint.pk), permission__codename=codename
-    ).values("group_id")
-    users = (
-        get_user_model()
-        .objects.filter(is_active=True)
-        .filter(Q(pk__in=direct) | Q(groups__in=via_group))
-    )
-    if exclude_user_id is not None:
-        users = users.exclude(pk=exclude_user_id)
-    return users.distinct()
+def _grants_on(checkpoint: Checkpoint, codenames: Iterable[str]) -> dict[int, set[str]]:
+    """user id -> the given codenames that user holds on the checkpoint."""
+    held: dict[int, set[str]] = {}
+    for uid, codename, checkpoint_id in _grant_rows(
+        checkpoint_id=checkpoint.pk, codenames=codenames
+    ):
+        if checkpoint_id in (None, checkpoint.pk):
+            held.setdefault(uid, set()).add(codename)
+    return held
+
+
+def holders(checkpoint: Checkpoint, *codenames: str, exclude_user_id: int | None = None) -> Any:
+    """Active users granted any of `codenames` on this checkpoint, in any of the four ways
+    (superusers only when granted like anyone else)."""
+    ids = [uid for uid in _grants_on(checkpoint, codenames) if uid != exclude_user_id]
+    return get_user_model().objects.filter(pk__in=ids, is_active=True)
+
+
+def electorate(checkpoint: Checkpoint, *, submitter_id: int | None, escalated: bool) -> Any:
+    """The users who may vote on a proposal of this checkpoint, by `may_vote_with`: the
+    approvers `all` and `majority` count. Counted at submission and again at escalation
+    (escalation groups join the electorate; the required number of approvals stays)."""
+    held = _grants_on(checkpoint, voting_codenames(escalated=True))
+    ids = [
+        uid
+        for uid, grants in held.items()
+        if may_vote_with(grants, is_submitter=uid == submitter_id, escalated=escalated)
+    ]
+    return get_user_model().objects.filter(pk__in=ids, is_active=True)
 
 
 def eligible_reviewers(checkpoint: Checkpoint, *, exclude_user_id: int | None) -> Any:
-    return holders(checkpoint, REVIEW, exclude_user_id=exclude_user_id)
+    """Who may vote before any escalation (new-work notices, reminders)."""
+    return electorate(checkpoint, submitter_id=exclude_user_id, escalated=False)
+
+
+# --- what a user may do with a proposal now -------------------------------------------------
+
+
+def approved_current_revision(access: Access, proposal: Proposal, votes: Iterable[Vote]) -> bool:
+    """An approver is someone whose approve counted: a vote on the approved revision."""
+    return any(
+        v.reviewer_id == access.user_id
+        and v.revision == proposal.revision
+        and v.decision == Decision.APPROVE
+        for v in votes
+    )
+
+
+def may_cancel(access: Access, proposal: Proposal) -> bool:
+    return access.is_submitter(proposal) or access.may_manage(proposal)
+
+
+def may_revoke(access: Access, proposal: Proposal, *, votes: Iterable[Vote]) -> bool:
+    """A manager, or a reviewer who approved the current (approved) revision."""
+    return access.may_manage(proposal) or (
+        access.may_review(proposal) and approved_current_revision(access, proposal, votes)
+    )
+
+
+def may_revise(access: Access, proposal: Proposal) -> bool:
+    return access.is_submitter(proposal)
+
+
+@dataclass(frozen=True)
+class Allowed:
+    vote: bool
+    revise: bool
+    cancel: bool
+    revoke: bool
+    claim: bool
+    manage: bool
+
+    def as_dict(self) -> dict[str, bool]:
+        return asdict(self)
+
+
+def allowed_actions(
+    access: Access, proposal: Proposal, *, votes: Iterable[Vote], now: datetime
+) -> Allowed:
+    """What this user may do with the proposal right now: who (the rules above) and when
+    (proposals.policy). The API's `permissions`, the admin and the pages all show this, and
+    the services refuse exactly what it denies."""
+    open_for_votes = policy.voting_open(status=proposal.status, due_at=proposal.due_at, now=now)
+    return Allowed(
+        vote=open_for_votes and access.may_review(proposal),
+        revise=policy.revising_open(status=proposal.status, due_at=proposal.due_at, now=now)
+        and may_revise(access, proposal),
+        cancel=policy.is_open(status=proposal.status) and may_cancel(access, proposal),
+        revoke=proposal.status == "approved"
+        and policy.revocable(
+            decided_at=proposal.decided_at,
+            window_seconds=proposal.checkpoint.revocation_window_seconds,
+            now=now,
+        )
+        and may_revoke(access, proposal, votes=votes),
+        claim=policy.is_open(status=proposal.status) and access.may_review(proposal),
+        manage=access.may_manage(proposal),
+    )
 
 
 # --- granting ------------------------------------------------------------------------------

@@ -6,12 +6,16 @@ function has a table-driven test in tests/proposals/test_policy.py.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+import jsonpatch
 from django.core.exceptions import ValidationError
 
 CONDITION_OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "exists")
@@ -155,7 +159,8 @@ QuorumOutcome = Literal["pending", "approved", "rejected", "changes_requested"]
 
 
 def required_approvals(rule: str, count: int, eligible: int) -> int:
-    """How many approvals end the review, fixed at submission time."""
+    """How many approvals end the review, fixed at submission time. Escalation widens who may
+    supply them (see permissions.electorate), never the number."""
     if rule == "any":
         return 1
     if rule == "count":
@@ -167,6 +172,79 @@ def required_approvals(rule: str, count: int, eligible: int) -> int:
     raise ValueError(f"unknown quorum rule {rule!r}")
 
 
+@dataclass(frozen=True)
+class Ballot:
+    """One vote as the quorum rule sees it: the decision and, for an approve on a proposal
+    with options, the option it chose ("" otherwise)."""
+
+    decision: str
+    option: str = ""
+
+
+@dataclass(frozen=True)
+class Tally:
+    approvals: dict[str, int]  # by option; "" for proposals without options
+    rejections: int
+    changes_requested: int
+
+    @property
+    def voters(self) -> int:
+        return sum(self.approvals.values()) + self.rejections + self.changes_requested
+
+    def leaders(self) -> list[str]:
+        """The options with the most approvals (more than one on a tie), none without any."""
+        best = max(self.approvals.values(), default=0)
+        return sorted(o for o, n in self.approvals.items() if n == best and n > 0)
+
+
+def tally(ballots: Iterable[Ballot]) -> Tally:
+    approvals: dict[str, int] = {}
+    rejections = changes = 0
+    for ballot in ballots:
+        if ballot.decision == "approve":
+            approvals[ballot.option] = approvals.get(ballot.option, 0) + 1
+        elif ballot.decision == "reject":
+            rejections += 1
+        else:
+            changes += 1
+    return Tally(approvals=approvals, rejections=rejections, changes_requested=changes)
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    outcome: QuorumOutcome
+    option: str = ""  # the approved option, when the proposal has options
+    reason: str = ""
+
+
+def evaluate_round(
+    *, ballots: Iterable[Ballot], required: int, veto: bool, eligible: int
+) -> RoundOutcome:
+    """The outcome of the current revision's votes: the only quorum rule.
+
+    Approvals count per option (a proposal without options has the one option ""): an option
+    wins when its approvals reach `required`. A round that can no longer reach quorum ends
+    `rejected` once a vote went elsewhere (a reject, or an approval of another option), so
+    reviewers who split over options never leave it pending with everyone voted. A round
+    that only lacks votes stays pending: reviewers granted later, or escalation, may still
+    supply them. Callers hold the proposal's row lock."""
+    counted = tally(ballots)
+    if counted.changes_requested > 0:
+        return RoundOutcome("changes_requested", reason="a reviewer requested changes")
+    if counted.rejections > 0 and veto:
+        return RoundOutcome("rejected", reason="vetoed")
+    winners = [o for o, n in counted.approvals.items() if n >= required]
+    if winners:
+        option = max(sorted(winners), key=lambda o: counted.approvals[o])
+        return RoundOutcome("approved", option=option, reason="quorum reached")
+    best = max(counted.approvals.values(), default=0)
+    undecided = max(0, eligible - counted.voters)
+    elsewhere = counted.voters - best
+    if elsewhere > 0 and best + undecided < required:
+        return RoundOutcome("rejected", reason="the quorum can no longer be reached")
+    return RoundOutcome("pending")
+
+
 def evaluate_quorum(
     *,
     required: int,
@@ -176,19 +254,217 @@ def evaluate_quorum(
     rejections: int,
     changes_requested: int,
 ) -> QuorumOutcome:
-    """The outcome of the current revision's votes. `approvals` counts approves for the leading
-    option when the proposal has options. Callers hold the proposal's row lock."""
-    if changes_requested > 0:
-        return "changes_requested"
-    if rejections > 0 and veto:
-        return "rejected"
-    if approvals >= required:
-        return "approved"
-    # Without veto, rejections still end it once the required approvals can no longer come.
-    undecided = max(0, eligible - approvals - rejections)
-    if rejections > 0 and approvals + undecided < required:
-        return "rejected"
-    return "pending"
+    """`evaluate_round` for a proposal without options, from counts."""
+    ballots = (
+        [Ballot("approve")] * approvals
+        + [Ballot("reject")] * rejections
+        + [Ballot("request_changes")] * changes_requested
+    )
+    return evaluate_round(ballots=ballots, required=required, veto=veto, eligible=eligible).outcome
+
+
+def timeout_outcome(
+    *, timeout_action: str, status: str, has_options: bool, ballots: Iterable[Ballot]
+) -> RoundOutcome:
+    """What the timeout does. A safe default means the safe outcome: it never approves what a
+    human objected to or did not choose.
+    - `changes_requested`: a reviewer asked to change this content, so it is rejected, always;
+    - `timeout_action: reject`: rejected;
+    - `approve`: rejected when someone in this round rejected; with options, it approves only
+      the one option reviewers approved most (rejected when none or a tie), never one that
+      no human picked; without options, the current payload (the agent's, or the one a
+      reviewer edited and approved), as the checkpoint declared."""
+    if status == "changes_requested":
+        return RoundOutcome("rejected", reason="changes were requested and none came in time")
+    if timeout_action != "approve":
+        return RoundOutcome("rejected", reason="timeout_action is reject")
+    counted = tally(ballots)
+    if counted.rejections or counted.changes_requested:
+        return RoundOutcome("rejected", reason="a reviewer rejected it")
+    if has_options:
+        leaders = counted.leaders()
+        if len(leaders) != 1:
+            return RoundOutcome("rejected", reason="no option was chosen by reviewers")
+        return RoundOutcome("approved", option=leaders[0], reason="timeout_action is approve")
+    return RoundOutcome("approved", reason="timeout_action is approve")
+
+
+def approved_content(
+    *, payload: Any, options: list[dict[str, Any]], option_key: str
+) -> dict[str, Any]:
+    """The fields an approval sets: with options, the chosen option's payload and key;
+    without, the current payload. The one place "approve with an option" is spelled out."""
+    if not options:
+        return {"approved_payload": payload, "selected_option": ""}
+    option = next((o for o in options if isinstance(o, dict) and o.get("key") == option_key), None)
+    if option is None:
+        raise ValueError(f"no option {option_key!r}")
+    return {"approved_payload": option.get("payload"), "selected_option": option_key}
+
+
+def policy_option(options: list[dict[str, Any]]) -> str:
+    """The option a routing approval (auto-approve, disabled checkpoint, bypass) takes: the
+    most confident one, the first on ties. Only routing uses it: the checkpoint's policy
+    approved the agent's choice. A timeout never does (see timeout_outcome)."""
+    if not options:
+        return ""
+    return str(max(options, key=lambda o: o.get("confidence") or 0)["key"])
+
+
+# --- votes: what a ballot may carry and when voting is open ---------------------------------
+
+
+def ballot_problem(
+    *,
+    decision: str,
+    option_keys: list[str],
+    selected_option: str,
+    edits: bool,
+) -> str | None:
+    """Why this ballot is malformed for the proposal, or None. Only an approve selects an
+    option or edits; a proposal with options is approved by choosing one, never edited."""
+    if decision != "approve" and (selected_option or edits):
+        return "Only an approve vote may select an option or edit the payload."
+    if option_keys and decision == "approve":
+        if selected_option not in option_keys:
+            return "Approving this proposal means choosing one of its options."
+        if edits:
+            return "Proposals with options cannot be edited; pick an option."
+    elif selected_option:
+        return "This proposal has no options to select."
+    return None
+
+
+def reason_missing(*, decision: str, require_reason_on: list[str], comment: str) -> bool:
+    return decision in (require_reason_on or []) and not comment.strip()
+
+
+def past_deadline(*, due_at: datetime | None, now: datetime) -> bool:
+    """Late votes and revisions lose to the timeout even before a sweep has applied it."""
+    return due_at is not None and due_at <= now
+
+
+def voting_open(*, status: str, due_at: datetime | None, now: datetime) -> bool:
+    return status == "pending" and not past_deadline(due_at=due_at, now=now)
+
+
+def revising_open(*, status: str, due_at: datetime | None, now: datetime) -> bool:
+    return status == "changes_requested" and not past_deadline(due_at=due_at, now=now)
+
+
+def is_open(*, status: str) -> bool:
+    """Open work: it may be cancelled, claimed, and times out."""
+    return status in ("pending", "changes_requested")
+
+
+# --- payload bounds ---------------------------------------------------------------------------
+
+# The same bounds hold for every payload, however it arrives: submitted, revised, an option's,
+# or a reviewer's edit. The byte bound is the request body limit (DATA_UPLOAD_MAX_MEMORY_SIZE),
+# so no edit can store more than a submission could.
+MAX_PAYLOAD_DEPTH = 32
+MAX_PATCH_OPERATIONS = 100
+
+
+class PayloadBoundExceeded(ValueError):
+    def __init__(self, message: str, details: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+def json_size(value: Any) -> int:
+    """Bytes of the value as compact UTF-8 JSON."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth as the API counts it: {} is 1, {"a": {}} is 2, a scalar 0."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, level + 1)
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, level + 1)
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
+def check_payload_bounds(payload: Any, *, max_bytes: int, max_depth: int) -> None:
+    size = json_size(payload)
+    if size > max_bytes:
+        raise PayloadBoundExceeded(
+            f"The payload is {size} bytes; the limit is {max_bytes}.",
+            {"bytes": size, "max_bytes": max_bytes},
+        )
+    depth = json_depth(payload)
+    if depth > max_depth:
+        raise PayloadBoundExceeded(
+            f"The payload is nested {depth} levels deep; the limit is {max_depth}.",
+            {"depth": depth, "max_depth": max_depth},
+        )
+
+
+def _pointer_tokens(pointer: Any) -> int:
+    return len(str(pointer).split("/")) - 1 if pointer else 0
+
+
+def apply_bounded_patch(
+    payload: dict[str, Any],
+    operations: list[Any],
+    *,
+    max_bytes: int,
+    max_depth: int,
+    max_operations: int = MAX_PATCH_OPERATIONS,
+) -> Any:
+    """Apply an RFC 6902 patch one operation at a time, refusing (PayloadBoundExceeded) the
+    operation that would take the document past the bounds BEFORE it runs: a `copy` can
+    double the document, so twenty of them in a 1 KB body would otherwise build megabytes.
+    The document never grows past `max_bytes` plus one inserted value. Raises jsonpatch's
+    exceptions for operations that do not apply."""
+    if len(operations) > max_operations:
+        raise PayloadBoundExceeded(
+            f"A patch may have at most {max_operations} operations, not {len(operations)}.",
+            {"operations": len(operations), "max_operations": max_operations},
+        )
+    document = copy.deepcopy(payload)
+    # An upper bound on the document's size, made exact whenever it would pass the limit:
+    # one serialisation per near-limit operation instead of one per operation.
+    size = json_size(document)
+    for index, operation in enumerate(operations):
+        if not isinstance(operation, dict):
+            raise jsonpatch.InvalidJsonPatch(f"Operation {index} is not an object.")
+        op = operation.get("op")
+        inserted: Any = None
+        has_insert = False
+        if op in ("add", "replace", "test") and "value" in operation:
+            inserted, has_insert = operation["value"], op != "test"
+        elif op in ("copy", "move") and "from" in operation:
+            inserted = jsonpatch.JsonPointer(str(operation["from"])).resolve(document)
+            has_insert = True
+        if has_insert:
+            depth = _pointer_tokens(operation.get("path")) + json_depth(inserted)
+            if depth > max_depth:
+                raise PayloadBoundExceeded(
+                    f"Patch operation {index} would nest the payload {depth} levels deep; "
+                    f"the limit is {max_depth}.",
+                    {"operation": index, "depth": depth, "max_depth": max_depth},
+                )
+            if op != "move":
+                grown = json_size(inserted) + len(str(operation.get("path")))
+                if size + grown > max_bytes:
+                    size = json_size(document)
+                if size + grown > max_bytes:
+                    raise PayloadBoundExceeded(
+                        f"Patch operation {index} would make the payload larger than "
+                        f"{max_bytes} bytes.",
+                        {"operation": index, "max_bytes": max_bytes},
+                    )
+                size += grown
+        document = jsonpatch.JsonPatch([operation]).apply(document, in_place=True)
+    return document
 
 
 # --- deadlines -----------------------------------------------------------------------------

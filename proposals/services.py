@@ -23,7 +23,6 @@ import jsonpatch
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Count
 from django.utils import timezone
 
 from audit.services import audit_record, canonical_json
@@ -36,6 +35,7 @@ from proposals.errors import (
     IdempotencyMismatch,
     InvalidTransition,
     NotFound,
+    PayloadLimitExceeded,
     PermissionDenied,
     StaleRevision,
     Unprocessable,
@@ -45,17 +45,22 @@ from proposals.models import (
     TRANSITIONS,
     Action,
     Checkpoint,
-    Decision,
     Proposal,
     Resolution,
     Revision,
     RevisionKind,
     Status,
-    TimeoutAction,
     Vote,
-    option_by_key,
 )
-from proposals.permissions import SUBMIT, Access, access_for, eligible_reviewers
+from proposals.permissions import (
+    SUBMIT,
+    Access,
+    access_for,
+    electorate,
+    may_cancel,
+    may_revise,
+    may_revoke,
+)
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -204,13 +209,28 @@ def _validate_options(options: list[dict[str, Any]]) -> None:
     keys = [option.get("key") for option in options]
     if len(set(keys)) != len(keys):
         raise Unprocessable("Option keys must be unique.", details={"options": keys})
+    for index, option in enumerate(options):
+        _check_bounds(option.get("payload"), where=f"options[{index}].payload")
 
 
-def _policy_option(options: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The option a policy approval takes: the most confident one, the first on ties."""
-    if not options:
-        return None
-    return max(options, key=lambda o: o.get("confidence") or 0)
+def _check_bounds(payload: Any, *, where: str = "payload") -> None:
+    """Every stored payload (submitted, an option's, revised, edited) within the bounds of a
+    submitted one: the request body limit and the API's depth limit."""
+    try:
+        policy.check_payload_bounds(
+            payload,
+            max_bytes=settings.DATA_UPLOAD_MAX_MEMORY_SIZE,
+            max_depth=policy.MAX_PAYLOAD_DEPTH,
+        )
+    except policy.PayloadBoundExceeded as exc:
+        raise PayloadLimitExceeded(str(exc), details={"field": where, **exc.details}) from None
+
+
+def _approval(proposal: Proposal, option_key: str) -> dict[str, Any]:
+    """The fields an approval sets (policy.approved_content), for transition(**changes)."""
+    return policy.approved_content(
+        payload=proposal.payload, options=proposal.options, option_key=option_key
+    )
 
 
 def bypass_active(checkpoint: Checkpoint, now: Any) -> bool:
@@ -234,6 +254,7 @@ def proposal_submit(
     access = access or access_for(submitter)
     if not access.has(SUBMIT, checkpoint.pk):
         raise PermissionDenied(f"You may not submit to checkpoint {checkpoint.slug!r}.")
+    _check_bounds(data.payload)
     _validate_options(data.options)
     now = timezone.now()
     due = policy.deadlines(
@@ -245,7 +266,7 @@ def proposal_submit(
         escalate_after_seconds=checkpoint.escalate_after_seconds,
     )
     with transaction.atomic():
-        eligible = eligible_reviewers(checkpoint, exclude_user_id=submitter.pk).count()
+        eligible = electorate(checkpoint, submitter_id=submitter.pk, escalated=False).count()
         proposal = Proposal(
             id=uuid.uuid4(),
             checkpoint=checkpoint,
@@ -320,20 +341,13 @@ def proposal_submit(
             },
         )
         if decision.outcome == "approve":
-            option = _policy_option(data.options)
-            changes: dict[str, Any] = {}
-            if option is not None:
-                changes = {
-                    "approved_payload": option.get("payload"),
-                    "selected_option": option["key"],
-                }
             transition(
                 proposal,
                 Action.APPROVE,
                 actor=None,
                 resolution=decision.resolution,
                 reason=decision.reason,
-                **changes,
+                **_approval(proposal, policy.policy_option(data.options)),
             )
         elif decision.outcome == "reject":
             transition(
@@ -368,57 +382,59 @@ def _edited_payload(
     if patch is not None and adjustments is not None:
         raise Unprocessable("Send either `patch` or `adjustments`, not both.")
     if adjustments is not None:
+        # A merge cannot outgrow its two bounded inputs: checked once, after.
         edited = _merge(payload, adjustments)
     else:
         try:
-            edited = jsonpatch.apply_patch(payload, patch or [], in_place=False)
+            edited = policy.apply_bounded_patch(
+                payload,
+                patch or [],
+                max_bytes=settings.DATA_UPLOAD_MAX_MEMORY_SIZE,
+                max_depth=policy.MAX_PAYLOAD_DEPTH,
+            )
+        except policy.PayloadBoundExceeded as exc:
+            details = {"field": "patch", **exc.details}
+            raise PayloadLimitExceeded(str(exc), details=details) from None
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError) as exc:
             raise Unprocessable(
                 f"The patch does not apply: {exc}", details={"patch": patch}
             ) from None
     if not isinstance(edited, dict):
         raise Unprocessable("The edited payload must stay a JSON object.")
+    _check_bounds(edited)
     return edited
 
 
 def _refuse_if_timed_out(proposal: Proposal) -> None:
     """Late votes and revisions lose to the timeout even before a sweep has applied it."""
-    if proposal.due_at is not None and proposal.due_at <= timezone.now():
+    if policy.past_deadline(due_at=proposal.due_at, now=timezone.now()):
+        assert proposal.due_at is not None
         raise InvalidTransition(
             "The proposal's deadline has passed; the timeout decides it.",
             details={"status": proposal.status, "due_at": proposal.due_at.isoformat()},
         )
 
 
-def _require_reason(checkpoint: Checkpoint, decision: str, reason: str) -> None:
-    if decision in (checkpoint.require_reason_on or []) and not reason.strip():
-        raise Unprocessable(
-            f"A reason is required to {decision.replace('_', ' ')} at this checkpoint.",
-            details={"comment": "required"},
-        )
-
-
-def _tally(proposal: Proposal) -> tuple[int, int, int, str]:
-    """(approvals for the leading option, rejections, change requests, leading option key)
-    over the current revision's votes."""
-    rows = (
-        Vote.objects.filter(proposal=proposal, revision=proposal.revision)
-        .values("decision", "selected_option")
-        .annotate(n=Count("id"))
+def _ballots(proposal: Proposal) -> list[policy.Ballot]:
+    """The current revision's votes, as the quorum rule reads them."""
+    rows = Vote.objects.filter(proposal=proposal, revision=proposal.revision).values_list(
+        "decision", "selected_option"
     )
-    approvals_by_option: dict[str, int] = {}
-    rejections = changes = 0
-    for row in rows:
-        if row["decision"] == Decision.APPROVE:
-            approvals_by_option[row["selected_option"]] = (
-                approvals_by_option.get(row["selected_option"], 0) + row["n"]
-            )
-        elif row["decision"] == Decision.REJECT:
-            rejections += row["n"]
-        else:
-            changes += row["n"]
-    leading = max(approvals_by_option.items(), key=lambda kv: kv[1], default=("", 0))
-    return leading[1], rejections, changes, leading[0]
+    return [policy.Ballot(decision, option) for decision, option in rows]
+
+
+@dataclass(frozen=True)
+class _VoteRequest:
+    decision: str
+    revision: int
+    comment: str
+    selected_option: str
+    patch: list[dict[str, Any]] | None
+    adjustments: dict[str, Any] | None
+
+    @property
+    def edits(self) -> bool:
+        return self.patch is not None or self.adjustments is not None
 
 
 def vote_cast(
@@ -439,74 +455,102 @@ def vote_cast(
     exactly one causes the terminal transition; later ones get 409 (decided, or stale).
     """
     access = access or access_for(reviewer)
+    request = _VoteRequest(decision, revision, comment, selected_option, patch, adjustments)
     with transaction.atomic():
         proposal = lock_proposal(proposal_id)
-        checkpoint = proposal.checkpoint
-        if access.is_submitter(proposal):
-            raise PermissionDenied("The submitter cannot vote on its own proposal.")
-        _authorize(
-            access,
-            proposal,
-            access.may_review(proposal),
-            "You are not an eligible reviewer of this proposal.",
-        )
-        if proposal.status != Status.PENDING:
-            raise InvalidTransition(
-                f"The proposal is {proposal.status}; votes are closed.",
-                details={"status": proposal.status},
-            )
-        _refuse_if_timed_out(proposal)
-        if revision != proposal.revision:
-            raise StaleRevision(
-                f"You reviewed revision {revision}; the current revision is {proposal.revision}.",
-                details={"revision": proposal.revision},
-            )
-        _require_reason(checkpoint, decision, comment)
-
-        if decision != Decision.APPROVE and (selected_option or patch or adjustments):
-            raise Unprocessable("Only an approve vote may select an option or edit the payload.")
-        if decision == Decision.APPROVE and proposal.options:
-            if option_by_key(proposal.options, selected_option) is None:
-                raise Unprocessable(
-                    "Approving this proposal means choosing one of its options.",
-                    details={"selected_option": [o.get("key") for o in proposal.options]},
-                )
-            if patch is not None or adjustments is not None:
-                raise Unprocessable("Proposals with options cannot be edited; pick an option.")
-        elif selected_option:
-            raise Unprocessable("This proposal has no options to select.")
-
-        if Vote.objects.filter(
-            proposal=proposal, revision=proposal.revision, reviewer=reviewer
-        ).exists():
-            raise AlreadyVoted("You have already voted on this revision.")
-
+        _authorize_vote(access, proposal)
+        _check_round_open(proposal, request.revision)
+        _check_ballot(proposal, request)
+        _check_not_voted(proposal, reviewer)
         now = timezone.now()
-        if patch is not None or adjustments is not None:
+        if request.edits:
             _apply_reviewer_edit(proposal, reviewer, patch, adjustments, comment, now)
-
-        try:
-            with transaction.atomic():
-                vote = Vote.objects.create(
-                    proposal=proposal,
-                    revision=proposal.revision,
-                    reviewer=reviewer,
-                    decision=decision,
-                    comment=comment,
-                    selected_option=selected_option,
-                    created_at=now,
-                )
-        except IntegrityError:  # the constraint is the backstop for the check above
-            raise AlreadyVoted("You have already voted on this revision.") from None
-        _record(
-            proposal,
-            "proposal.vote_cast",
-            actor=reviewer,
-            data={"decision": decision, "selected_option": selected_option, "vote_id": vote.pk},
-            reason=comment,
-        )
+        vote = _record_vote(proposal, reviewer, request, now)
         _settle(proposal, reviewer, comment)
     return proposal, vote
+
+
+def _authorize_vote(access: Access, proposal: Proposal) -> None:
+    if access.is_submitter(proposal):
+        raise PermissionDenied("The submitter cannot vote on its own proposal.")
+    _authorize(
+        access,
+        proposal,
+        access.may_review(proposal),
+        "You are not an eligible reviewer of this proposal.",
+    )
+
+
+def _check_round_open(proposal: Proposal, revision: int) -> None:
+    """Pending, before the deadline, and the revision the reviewer saw is still current."""
+    if proposal.status != Status.PENDING:
+        raise InvalidTransition(
+            f"The proposal is {proposal.status}; votes are closed.",
+            details={"status": proposal.status},
+        )
+    _refuse_if_timed_out(proposal)
+    if revision != proposal.revision:
+        raise StaleRevision(
+            f"You reviewed revision {revision}; the current revision is {proposal.revision}.",
+            details={"revision": proposal.revision},
+        )
+
+
+def _check_ballot(proposal: Proposal, request: _VoteRequest) -> None:
+    """A reason where the checkpoint wants one; options and edits only as policy allows."""
+    if policy.reason_missing(
+        decision=request.decision,
+        require_reason_on=proposal.checkpoint.require_reason_on,
+        comment=request.comment,
+    ):
+        raise Unprocessable(
+            f"A reason is required to {request.decision.replace('_', ' ')} at this checkpoint.",
+            details={"comment": "required"},
+        )
+    option_keys = [str(o.get("key")) for o in proposal.options if isinstance(o, dict)]
+    problem = policy.ballot_problem(
+        decision=request.decision,
+        option_keys=option_keys,
+        selected_option=request.selected_option,
+        edits=request.edits,
+    )
+    if problem is not None:
+        raise Unprocessable(problem, details={"selected_option": option_keys})
+
+
+def _check_not_voted(proposal: Proposal, reviewer: User) -> None:
+    if Vote.objects.filter(
+        proposal=proposal, revision=proposal.revision, reviewer=reviewer
+    ).exists():
+        raise AlreadyVoted("You have already voted on this revision.")
+
+
+def _record_vote(proposal: Proposal, reviewer: User, request: _VoteRequest, now: Any) -> Vote:
+    try:
+        with transaction.atomic():
+            vote = Vote.objects.create(
+                proposal=proposal,
+                revision=proposal.revision,
+                reviewer=reviewer,
+                decision=request.decision,
+                comment=request.comment,
+                selected_option=request.selected_option,
+                created_at=now,
+            )
+    except IntegrityError:  # the constraint is the backstop for _check_not_voted
+        raise AlreadyVoted("You have already voted on this revision.") from None
+    _record(
+        proposal,
+        "proposal.vote_cast",
+        actor=reviewer,
+        data={
+            "decision": request.decision,
+            "selected_option": request.selected_option,
+            "vote_id": vote.pk,
+        },
+        reason=request.comment,
+    )
+    return vote
 
 
 def proposal_cast_current(
@@ -577,40 +621,32 @@ def _apply_reviewer_edit(
 
 
 def _settle(proposal: Proposal, reviewer: User, comment: str) -> None:
-    approvals, rejections, changes, leading_option = _tally(proposal)
-    outcome = policy.evaluate_quorum(
+    """Apply policy.evaluate_round to the current revision's votes."""
+    result = policy.evaluate_round(
+        ballots=_ballots(proposal),
         required=proposal.quorum_required,
         veto=proposal.checkpoint.veto,
         eligible=proposal.eligible_reviewers,
-        approvals=approvals,
-        rejections=rejections,
-        changes_requested=changes,
     )
-    if outcome == "approved":
-        changes_: dict[str, Any] = {}
-        if proposal.options:
-            option = option_by_key(proposal.options, leading_option)
-            changes_ = {
-                "approved_payload": option["payload"] if option else None,
-                "selected_option": leading_option,
-            }
+    if result.outcome == "approved":
         transition(
             proposal,
             Action.APPROVE,
             actor=reviewer,
             resolution=Resolution.REVIEWERS,
             reason=comment,
-            **changes_,
+            **_approval(proposal, result.option),
         )
-    elif outcome == "rejected":
+    elif result.outcome == "rejected":
         transition(
             proposal,
             Action.REJECT,
             actor=reviewer,
             resolution=Resolution.REVIEWERS,
-            reason=comment,
+            reason=comment or result.reason,
+            data={"quorum": result.reason},
         )
-    elif outcome == "changes_requested":
+    elif result.outcome == "changes_requested":
         resubmissions = Revision.objects.filter(
             proposal=proposal, kind=RevisionKind.RESUBMITTED
         ).count()
@@ -647,7 +683,7 @@ def proposal_revise(
         _authorize(
             access,
             proposal,
-            access.is_submitter(proposal),
+            may_revise(access, proposal),
             "Only the submitter can revise a proposal.",
         )
         if proposal.status != Status.CHANGES_REQUESTED:
@@ -656,6 +692,7 @@ def proposal_revise(
                 details={"status": proposal.status},
             )
         _refuse_if_timed_out(proposal)
+        _check_bounds(payload)
         now = timezone.now()
         diff = jsonpatch.make_patch(proposal.payload, payload).patch
         number = proposal.revision + 1
@@ -706,7 +743,7 @@ def proposal_cancel(
         _authorize(
             access,
             proposal,
-            access.is_submitter(proposal) or access.may_manage(proposal),
+            may_cancel(access, proposal),
             "Only the submitter or a manager can cancel.",
         )
         transition(
@@ -725,17 +762,11 @@ def proposal_revoke(
         raise Unprocessable("A reason is required to revoke.", details={"reason": "required"})
     with transaction.atomic():
         proposal = lock_proposal(proposal_id)
-        # An approver is someone whose approve counted: a vote on the approved revision.
-        approved_it = Vote.objects.filter(
-            proposal=proposal,
-            revision=proposal.revision,
-            reviewer_id=access.user_id,
-            decision=Decision.APPROVE,
-        ).exists()
+        own_votes = Vote.objects.filter(proposal=proposal, reviewer_id=access.user_id)
         _authorize(
             access,
             proposal,
-            access.may_manage(proposal) or (approved_it and access.may_review(proposal)),
+            may_revoke(access, proposal, votes=own_votes),
             "Only a manager or an approver can revoke.",
         )
         if proposal.status == Status.APPROVED and not policy.revocable(
@@ -821,27 +852,36 @@ def proposal_release(*, proposal_id: Any, actor: User, access: Access | None = N
 
 
 def proposal_expire(proposal: Proposal, now: Any) -> bool:
-    """Apply the checkpoint's timeout_action (resolution `timeout`) once `due_at` has passed."""
+    """Once `due_at` has passed, apply policy.timeout_outcome (resolution `timeout`): the
+    checkpoint's timeout_action, but never an approval of content a reviewer asked to change
+    or an option no reviewer chose."""
     if not proposal.is_open or proposal.due_at is None or proposal.due_at > now:
         return False
     checkpoint = proposal.checkpoint
+    result = policy.timeout_outcome(
+        timeout_action=checkpoint.timeout_action,
+        status=proposal.status,
+        has_options=bool(proposal.options),
+        ballots=_ballots(proposal),
+    )
     reason = f"no decision within {checkpoint.timeout_seconds} s"
-    if checkpoint.timeout_action == TimeoutAction.APPROVE:
-        option = _policy_option(proposal.options)
-        changes: dict[str, Any] = {}
-        if option is not None:
-            changes = {"approved_payload": option.get("payload"), "selected_option": option["key"]}
+    if result.outcome == "approved":
         transition(
             proposal,
             Action.APPROVE,
             actor=None,
             resolution=Resolution.TIMEOUT,
             reason=reason,
-            **changes,
+            **_approval(proposal, result.option),
         )
     else:
         transition(
-            proposal, Action.REJECT, actor=None, resolution=Resolution.TIMEOUT, reason=reason
+            proposal,
+            Action.REJECT,
+            actor=None,
+            resolution=Resolution.TIMEOUT,
+            reason=reason,
+            data={"timeout": result.reason},
         )
     return True
 
@@ -874,7 +914,9 @@ def proposal_remind(proposal: Proposal, now: Any) -> bool:
 
 def proposal_escalate(proposal: Proposal, now: Any) -> bool:
     """From now on the checkpoint's escalation groups may review (permissions read
-    `escalated_at`); `proposal.escalated`, once."""
+    `escalated_at`); `proposal.escalated`, once. The electorate is recounted with them (so a
+    round that can no longer reach quorum is judged against everyone who may vote); the
+    number of approvals required stays what it was at submission."""
     if (
         not proposal.is_open
         or proposal.escalated_at is not None
@@ -882,7 +924,12 @@ def proposal_escalate(proposal: Proposal, now: Any) -> bool:
         or proposal.escalate_at > now
     ):
         return False
-    _mark(proposal, "escalated_at", now, "proposal.escalated", {})
+    eligible = electorate(
+        proposal.checkpoint, submitter_id=proposal.submitted_by_id, escalated=True
+    ).count()
+    proposal.eligible_reviewers = eligible
+    proposal.save(update_fields=["eligible_reviewers"])
+    _mark(proposal, "escalated_at", now, "proposal.escalated", {"eligible_reviewers": eligible})
     return True
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.utils import timezone
 from rest_framework import serializers
 
 from audit.models import AuditEvent
@@ -24,7 +25,7 @@ from hitl.api.fields import (
 from notifications.models import WEBHOOK_EVENTS
 from notifications.webhooks import webhook_url_validator
 from proposals.models import Checkpoint, Decision, Priority, Proposal, Revision, Vote
-from proposals.permissions import Access
+from proposals.permissions import Access, allowed_actions
 
 # --- input: request bodies (InputSerializer refuses any field that coerces JSON types) ---------
 
@@ -236,13 +237,10 @@ class ProposalDetailOutputSerializer(ProposalOutputSerializer):
         access: Access | None = self.context.get("access")
         if access is None:
             return {}
-        return {
-            "vote": access.may_review(proposal) and proposal.status == "pending",
-            "revise": access.is_submitter(proposal) and proposal.status == "changes_requested",
-            "cancel": (access.is_submitter(proposal) or access.may_manage(proposal))
-            and proposal.is_open,
-            "manage": access.may_manage(proposal),
-        }
+        # The one rule the services enforce (deadline included), not a copy of it.
+        votes = proposal.votes.all()  # prefetched by the selector
+        allowed = allowed_actions(access, proposal, votes=votes, now=timezone.now())
+        return {key: getattr(allowed, key) for key in ("vote", "revise", "cancel", "manage")}
 
 
 class AuditEventOutputSerializer(serializers.ModelSerializer[AuditEvent]):

@@ -81,12 +81,14 @@ def vote(world: Any, proposal: Proposal, decision: str = Decision.APPROVE, **kw:
 # --- timeouts ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("start", [Status.PENDING, Status.CHANGES_REQUESTED])
 @pytest.mark.parametrize(
-    ("timeout_action", "status", "verb"),
+    ("start", "timeout_action", "status", "verb"),
     [
-        ("reject", Status.REJECTED, "proposal.rejected"),
-        ("approve", Status.APPROVED, "proposal.approved"),
+        (Status.PENDING, "reject", Status.REJECTED, "proposal.rejected"),
+        (Status.PENDING, "approve", Status.APPROVED, "proposal.approved"),
+        (Status.CHANGES_REQUESTED, "reject", Status.REJECTED, "proposal.rejected"),
+        # Content a reviewer asked to change is never approved by the clock.
+        (Status.CHANGES_REQUESTED, "approve", Status.REJECTED, "proposal.rejected"),
     ],
 )
 def test_the_timeout_applies_the_checkpoint_timeout_action(
@@ -117,7 +119,11 @@ def test_the_timeout_applies_the_checkpoint_timeout_action(
     terminal = AuditEvent.objects.get(proposal=proposal, verb=verb)
     assert terminal.actor_id is None
     assert terminal.actor_label == "system"
-    assert terminal.data == {"from": start, "to": status, "resolution": "timeout"}
+    assert {k: terminal.data[k] for k in ("from", "to", "resolution")} == {
+        "from": start,
+        "to": status,
+        "resolution": "timeout",
+    }
     assert terminal.reason == "no decision within 600 s"
     assert verbs(proposal).count(verb) == 1
     assert topics(proposal).count(verb) == 1
@@ -126,19 +132,59 @@ def test_the_timeout_applies_the_checkpoint_timeout_action(
     assert outbox.payload["resolution"] == "timeout"
 
 
-def test_a_timeout_approval_takes_the_most_confident_option(world: Any) -> None:
+def test_timeout_after_request_changes_rejects_even_when_timeout_action_is_approve(
+    world: Any,
+) -> None:
+    """Issue 7 item 9: from changes_requested the clock rejects, whatever the checkpoint's
+    timeout_action; the audit says why."""
+    configure(world.checkpoint, timeout_seconds=600, timeout_action="approve")
+    proposal = vote(
+        world, submit(world.submitter, world.checkpoint, payload={"pump": 4}), "request_changes"
+    )
+    assert proposal.due_at is not None
+    with travel(proposal.due_at + timedelta(seconds=1)):
+        assert sweeps.run_all().counts["timeout"] == 1
+    proposal.refresh_from_db()
+    assert (proposal.status, proposal.resolution) == (Status.REJECTED, Resolution.TIMEOUT)
+    assert proposal.approved_payload is None
+    rejected = AuditEvent.objects.get(proposal=proposal, verb="proposal.rejected")
+    assert rejected.data["timeout"] == "changes were requested and none came in time"
+
+
+OPTIONS = [
+    {"key": "a", "label": "A", "payload": {"v": "a"}, "confidence": 0.4},
+    {"key": "b", "label": "B", "payload": {"v": "b"}, "confidence": 0.9},
+]
+
+
+def test_timeout_never_approves_an_option_no_reviewer_picked(world: Any) -> None:
+    """Issue 7 item 8: with timeout_action approve and nobody's choice, the AI's most
+    confident option used to be approved at the deadline."""
     configure(world.checkpoint, timeout_seconds=60, timeout_action="approve")
-    options = [
-        {"key": "a", "label": "A", "payload": {"v": "a"}, "confidence": 0.4},
-        {"key": "b", "label": "B", "payload": {"v": "b"}, "confidence": 0.9},
-    ]
-    proposal = submit(world.submitter, world.checkpoint, options=options)
+    proposal = submit(world.submitter, world.checkpoint, options=OPTIONS)
+    with travel(proposal.due_at + timedelta(seconds=1)):
+        assert sweeps.run_all().counts["timeout"] == 1
+    proposal.refresh_from_db()
+    assert (proposal.status, proposal.resolution) == (Status.REJECTED, Resolution.TIMEOUT)
+    assert (proposal.selected_option, proposal.approved_payload) == ("", None)
+
+
+def test_timeout_approves_the_option_a_reviewer_chose_not_the_most_confident(world: Any) -> None:
+    configure(
+        world.checkpoint,
+        timeout_seconds=60,
+        timeout_action="approve",
+        quorum_rule="count",
+        quorum_count=2,
+    )
+    proposal = submit(world.submitter, world.checkpoint, options=OPTIONS)
+    proposal = vote(world, proposal, selected_option="a")
+    assert proposal.status == Status.PENDING
     with travel(proposal.due_at + timedelta(seconds=1)):
         assert sweeps.run_all().counts["timeout"] == 1
     proposal.refresh_from_db()
     assert (proposal.status, proposal.resolution) == (Status.APPROVED, Resolution.TIMEOUT)
-    assert proposal.selected_option == "b"
-    assert proposal.approved_payload == {"v": "b"}
+    assert (proposal.selected_option, proposal.approved_payload) == ("a", {"v": "a"})
 
 
 def test_a_checkpoint_without_timeout_never_times_out(world: Any) -> None:

@@ -49,7 +49,6 @@ EXPECTED_TABLE = {
     ("pending", "request_changes"): "changes_requested",
     ("pending", "cancel"): "cancelled",
     ("changes_requested", "revise"): "pending",
-    ("changes_requested", "approve"): "approved",
     ("changes_requested", "reject"): "rejected",
     ("changes_requested", "cancel"): "cancelled",
     ("approved", "revoke"): "rejected",
