@@ -11,6 +11,7 @@ from hitl.api import errors
 urlpatterns = [
     path("", RedirectView.as_view(url="/queue/", permanent=False)),
     path("", include("hitl.urls")),
+    path("", include("hitl.ops.urls")),  # /healthz, /readyz, /metrics
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

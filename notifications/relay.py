@@ -15,6 +15,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from hitl.ops import metrics as ops_metrics
 from notifications import emails, live, webhooks
 from notifications.models import OutboxEvent, WebhookEndpoint
 from proposals.permissions import eligible_reviewers
@@ -91,6 +92,7 @@ def relay_batch(limit: int = BATCH_SIZE) -> int:
             dispatched_at=timezone.now()
         )
         transaction.on_commit(lambda: _after_commit(delivery_ids, email_event_ids, messages))
+        ops_metrics.relayed(events)  # counters and the override alert, after this commit
     return len(events)
 
 

@@ -28,6 +28,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from standardwebhooks import Webhook
 
+from hitl.ops import metrics as ops_metrics
 from notifications.crypto import encrypt, new_webhook_secret
 from notifications.models import (
     DeliveryAttempt,
@@ -432,6 +433,7 @@ def _record_attempt(
             wait = retry_after if retry_after is not None else backoff(delivery.attempts)
             delivery.next_attempt_at = now + timedelta(seconds=wait)
         delivery.save(update_fields=fields)
+    ops_metrics.webhook_attempt(status_code, error, duration_ms)  # recorded: count it
     if delivery.status != DeliveryStatus.DELIVERED:
         logger.info(
             "webhook %s attempt %s → %s %s",

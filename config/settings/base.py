@@ -46,9 +46,11 @@ INSTALLED_APPS = [
     "proposals",
     "notifications",
     "hitl",
+    "hitl.ops",  # health, metrics, override-rate alert (README "For operators")
 ]
 
 MIDDLEWARE = [
+    "hitl.ops.metrics.RequestMetricsMiddleware",  # first: times everything below it
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -317,3 +319,6 @@ HITL_READYZ_TIMEOUT_SECONDS = env_float("HITL_READYZ_TIMEOUT_SECONDS", 2.0, mini
 HITL_OVERRIDE_WINDOW = env_int("HITL_OVERRIDE_WINDOW", 200, minimum=1)
 HITL_OVERRIDE_THRESHOLD = env_float("HITL_OVERRIDE_THRESHOLD", 0.15, minimum=0.0)
 HITL_OVERRIDE_MIN_DECISIONS = env_int("HITL_OVERRIDE_MIN_DECISIONS", 20, minimum=1)
+# Load balancers and Prometheus talk plain http to the web processes: the probes and the
+# scrape are never redirected to https (production's SECURE_SSL_REDIRECT).
+SECURE_REDIRECT_EXEMPT = [r"^(healthz|readyz|metrics)$"]

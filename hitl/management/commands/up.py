@@ -32,6 +32,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from hitl import embedded
 from hitl.management.commands.seed_demo import default_credentials_file, read_credential_rows
+from hitl.ops.metrics import MULTIPROC_ENV, fresh_multiproc_dir
 
 STOP_TIMEOUT_SECONDS = 10.0
 READY_TIMEOUT_SECONDS = 60.0
@@ -153,6 +154,9 @@ class Command(BaseCommand):
         if not env.get("SECRET_KEY"):
             env["SECRET_KEY"] = embedded.load_or_create_secret_key(self.run_dir / "secret_key")
         env["PYTHONUNBUFFERED"] = "1"
+        # Prometheus multiprocess mode (README "For operators"): web and worker write their
+        # counters under the run dir and /metrics sums them; emptied at each start.
+        env.setdefault(MULTIPROC_ENV, str(fresh_multiproc_dir(self.run_dir / "metrics")))
         if env.get("REDIS_URL"):
             self.out.line("up", f"Using the Redis at REDIS_URL={env['REDIS_URL']}")
         else:
