@@ -19,7 +19,8 @@ Definitions (the README's "Dashboard" section repeats them):
   before sla_due_at;
 - calibration: reviewer-decided proposals by AI confidence in buckets 0.1 wide ([0.9, 1.0]
   includes 1.0), human approval rate per bucket; the suggested `auto_approve_at` is the lowest
-  bucket edge e such that, of the reviewer-decided proposals with confidence >= e, there are
+  non-empty bucket's edge e such that, of the reviewer-decided proposals with confidence >= e,
+  there are
   at least CALIBRATION_MIN_ITEMS and at least CALIBRATION_MIN_APPROVAL of them were approved.
 """
 
@@ -358,8 +359,13 @@ def suggest_auto_approve_at(
     min_approval: float = CALIBRATION_MIN_APPROVAL,
 ) -> float | None:
     """`buckets[i]` = (decided, approved) for confidence in [i/10, (i+1)/10). The lowest edge
-    from which, cumulatively upward, humans approved >= min_approval of >= min_items."""
+    from which, cumulatively upward, humans approved >= min_approval of >= min_items; only
+    edges of non-empty buckets count."""
     for index in range(len(buckets)):
+        if not buckets[index][0]:
+            # An edge whose own bucket is empty says nothing about that range: without this,
+            # 0.0 would "qualify" whenever only the top bucket has data.
+            continue
         decided = sum(d for d, _ in buckets[index:])
         approved = sum(a for _, a in buckets[index:])
         if decided >= min_items and approved >= min_approval * decided:

@@ -25,6 +25,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from guardian.shortcuts import assign_perm
 
+from hitl import demo_history
 from hitl.keys import api_key_create, api_key_revoke, service_account_create
 from hitl.models import ApiKey, ServiceAccount
 from proposals import permissions, services
@@ -481,6 +482,7 @@ def seed_demo(*, credentials_file: Path | None, reset_passwords: bool = False) -
         checkpoints = seeder.checkpoints()
         agent = seeder.people(checkpoints)
         seeder.proposals(agent, checkpoints)
+        demo_history.generate(agent=agent)  # weeks of decided history for the dashboard
         token = seeder.api_key(agent)
     if credentials_file is not None:
         write_credentials(credentials_file, seeder.logins, known)

@@ -1,0 +1,131 @@
+"""The dashboard's numbers against hand-computed fixtures, on PostgreSQL: rates, percentiles,
+calibration and the suggested auto_approve_at, and the demo history that feeds the page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from hitl import dashboard
+from proposals import services
+from proposals.models import Proposal
+from tests.factories import submit
+
+pytestmark = pytest.mark.django_db
+
+
+def decide(world: Any, confidence: float, approve: bool, **fields: Any) -> Proposal:
+    proposal = submit(world.submitter, world.checkpoint, confidence=confidence, **fields)
+    services.vote_cast(
+        proposal_id=proposal.pk,
+        reviewer=world.reviewer,
+        decision="approve" if approve else "reject",
+        revision=1,
+        comment="" if approve else "no",
+    )
+    return proposal
+
+
+def calibration_fixture(world: Any) -> None:
+    """Hand-computed: from 0.8 up, 55 of 55 approved (>= 99 % of >= 50): suggest 0.8.
+    From 0.7 up: 73 of 75 (97.3 %): no. From 0.9 up alone: 30 items (< 50): not enough."""
+    for _ in range(30):
+        decide(world, 0.95, True)
+    for _ in range(25):
+        decide(world, 0.85, True)
+    for index in range(20):
+        decide(world, 0.72, index >= 2)
+    for index in range(10):
+        decide(world, 0.55, index % 2 == 0)
+
+
+def test_suggested_threshold_matches_the_hand_computation(world: Any) -> None:
+    calibration_fixture(world)
+    data = dashboard.summary([world.checkpoint], dashboard.Window.from_params({"period": "24h"}))
+    (item,) = data["calibration"]
+    assert item["suggested_auto_approve_at"] == 0.8
+    buckets = {b["lower"]: (b["decided"], b["approved"]) for b in item["buckets"]}
+    assert buckets[0.9] == (30, 30) and buckets[0.8] == (25, 25)
+    assert buckets[0.7] == (20, 18) and buckets[0.5] == (10, 5)
+    assert data["rates"]["approval_rate"] == round(78 / 85, 4)
+    assert data["rates"]["override_rate"] == round(7 / 85, 4)  # the rejections
+    assert data["totals"]["decided_by_reviewers"] == 85
+
+
+@pytest.mark.parametrize(
+    ("buckets", "expected"),
+    [
+        ([(0, 0)] * 9 + [(50, 50)], 0.9),
+        ([(0, 0)] * 9 + [(49, 49)], None),  # too few
+        ([(0, 0)] * 8 + [(100, 98), (50, 50)], 0.9),  # 148/150 = 98.7 % from 0.8: not enough
+        ([(0, 0)] * 8 + [(100, 99), (100, 100)], 0.8),  # 199/200 = 99.5 %
+        ([(20, 0)] + [(0, 0)] * 8 + [(1000, 1000)], 0.9),  # 1000/1020 from 0.0: no
+        ([(0, 0)] * 10, None),
+    ],
+)
+def test_suggest_auto_approve_at_skips_empty_lower_buckets(
+    buckets: list[tuple[int, int]], expected: float | None
+) -> None:
+    assert dashboard.suggest_auto_approve_at(buckets) == expected
+
+
+def test_percentiles_and_sla_are_computed_by_the_database(world: Any) -> None:
+    from datetime import timedelta
+
+    for minutes in (10, 20, 30, 40, 50):
+        proposal = decide(world, 0.5, True)
+        Proposal.objects.filter(pk=proposal.pk).update(
+            decided_at=proposal.created_at + timedelta(minutes=minutes),
+            sla_due_at=proposal.created_at + timedelta(minutes=35),
+        )
+    data = dashboard.summary([world.checkpoint], dashboard.Window.from_params({"period": "7d"}))
+    timing = data["time_to_decision"]
+    assert timing["p50_seconds"] == 1800.0  # 30 min
+    assert timing["p90_seconds"] == 2760.0  # 40 + 0.6 * 10 min, percentile_cont
+    assert data["rates"]["sla_compliance"] == 0.6
+    assert timing["by_priority"][0]["priority"] == "medium"
+
+
+def test_page_and_api_show_the_same_numbers(world: Any, client_for: Any) -> None:
+    calibration_fixture(world)
+    api = client_for(world.manager).get("/api/v1/metrics/summary/?period=24h").json()
+    browser = Client()
+    browser.force_login(world.manager)
+    page = browser.get("/dashboard/?period=24h")
+    assert page.context["summary"]["rates"] == api["rates"]
+    assert page.context["summary"]["calibration"] == api["calibration"]
+    assert "Apply 0.8" in page.content.decode()
+
+
+def test_custom_periods_are_validated() -> None:
+    with pytest.raises(ValueError, match="from= and to="):
+        dashboard.Window.from_params({"period": "custom", "from": "yesterday"})
+    with pytest.raises(ValueError, match="ends before"):
+        dashboard.Window.from_params({"period": "custom", "from": "2026-02-02", "to": "2026-02-01"})
+    window = dashboard.Window.from_params(
+        {"period": "custom", "from": "2026-02-01", "to": "2026-02-01"}
+    )
+    assert (window.end - window.start).days == 1 and window.bucket == "hour"
+
+
+def test_demo_history_gives_every_chart_something(db: None, tmp_path: Any) -> None:
+    from hitl.management.commands.seed_demo import seed_demo
+    from proposals.models import Checkpoint
+
+    seed_demo(credentials_file=tmp_path / "creds")
+    checkpoints = list(Checkpoint.objects.all())
+    data = dashboard.summary(checkpoints, dashboard.Window.from_params({"period": "30d"}))
+    assert data["totals"]["decided_by_reviewers"] > 150
+    assert len({row["bucket"] for row in data["volumes"]}) >= 20  # three weeks of days
+    assert len(data["reviewers"]) >= 5
+    assert data["time_to_decision"]["p90_seconds"] > data["time_to_decision"]["p50_seconds"]
+    assert 0 < data["rates"]["override_rate"] < 1
+    assert data["rates"]["modification_rate"] > 0
+    assert data["totals"]["timeouts"] > 0 and data["totals"]["escalations"] > 0
+    suggested = {c["checkpoint"]: c["suggested_auto_approve_at"] for c in data["calibration"]}
+    assert suggested["inspection-schedule"] is not None
+    before = Proposal.objects.count()
+    seed_demo(credentials_file=tmp_path / "creds")
+    assert Proposal.objects.count() == before  # idempotent
