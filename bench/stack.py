@@ -1,0 +1,342 @@
+"""Starting and stopping what the bench measures: databases of its own on the PostgreSQL
+server, a private redis-server, uvicorn web processes (product and baseline), a Celery worker.
+
+Everything started here is stopped here, by process id (each child in its own session, so
+its own children go too); the databases are dropped at the end, whatever happened.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+import psutil
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    """A child process in its own session, its output in a log file."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] = field(init=False)
+    _log: IO[bytes] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._log = self.log_path.open("wb")
+        self.popen = subprocess.Popen(
+            self.args,
+            cwd=ROOT,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if re.search(pattern, self.output()):
+                return
+            if self.popen.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(
+            f"{self.name}: {pattern!r} not seen (exit {self.popen.poll()}):\n"
+            f"{self.output()[-3000:]}"
+        )
+
+    def stop(self, timeout: float = 15) -> None:
+        try:
+            if self.popen.poll() is None:
+                self.popen.send_signal(signal.SIGTERM)
+                with suppress(subprocess.TimeoutExpired):
+                    self.popen.wait(timeout)
+            with suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            with suppress(subprocess.TimeoutExpired):
+                self.popen.wait(10)
+        finally:
+            self._log.close()
+
+    def cpu_seconds(self) -> float:
+        """CPU of this process and its descendants (user + system)."""
+        try:
+            root = psutil.Process(self.pid)
+            total = 0.0
+            for proc in [root, *root.children(recursive=True)]:
+                with suppress(psutil.NoSuchProcess):
+                    times = proc.cpu_times()
+                    total += times.user + times.system
+            return total
+        except psutil.NoSuchProcess:
+            return 0.0
+
+
+@dataclass
+class Postgres:
+    """Databases of our own on the shared server: created now, dropped in `drop_all`."""
+
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = "postgres"
+    password: str = ""
+    created: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_env(cls) -> Postgres:
+        return cls(
+            host=os.environ.get("BENCH_PGHOST", "127.0.0.1"),
+            port=int(os.environ.get("BENCH_PGPORT", "5432")),
+            user=os.environ.get("BENCH_PGUSER", "postgres"),
+            password=os.environ.get("BENCH_PGPASSWORD", ""),
+        )
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        auth = self.user + (f":{self.password}" if self.password else "")
+        return f"postgres://{auth}@{self.host}:{self.port}/{dbname}"
+
+    def create(self, name: str) -> str:
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')  # our own generated name, no input
+        self.created.append(name)
+        return self.dsn(name)
+
+    def drop_all(self) -> None:
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            for name in self.created:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    [name],
+                )
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        self.created.clear()
+
+
+@dataclass
+class Stack:
+    """The product and the baseline, up; `stop` tears everything down."""
+
+    workdir: Path
+    web_processes: int
+    procs: list[Proc] = field(default_factory=list)
+    pg: Postgres = field(default_factory=Postgres.from_env)
+    product_db: str = ""
+    baseline_db: str = ""
+    redis_url: str = ""
+    product_urls: list[str] = field(default_factory=list)
+    baseline_urls: list[str] = field(default_factory=list)
+    product_web: list[Proc] = field(default_factory=list)
+    baseline_web: list[Proc] = field(default_factory=list)
+    worker: Proc | None = None
+    secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(48))
+
+    # -- environments ----------------------------------------------------------------------
+
+    def product_env(self, **extra: str) -> dict[str, str]:
+        """config.settings.production, as deployed: DEBUG off, HTTPS expected from the load
+        balancer (clients send X-Forwarded-Proto: https, so nothing is weakened)."""
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("DJANGO_", "HITL_", "CELERY_", "PYTEST_", "DB_"))
+            and key not in ("DATABASE_URL", "REDIS_URL", "DEBUG", "SECRET_KEY")
+        }
+        env.update(
+            NIHIL_SKIP_BOOTSTRAP="1",
+            DJANGO_SETTINGS_MODULE="config.settings.production",
+            SECRET_KEY=self.secret_key,
+            DATABASE_URL=self.pg.dsn(self.product_db),
+            REDIS_URL=self.redis_url,
+            NIHIL_RUN_DIR=str(self.workdir / "run"),
+            PYTHONUNBUFFERED="1",
+            LOG_LEVEL="WARNING",
+            # The per-user rate limit is a deployment knob (default 100/s) that the bench
+            # would hit; it stays on (its Redis round trip is measured), just out of reach.
+            API_THROTTLE_USER="100000000/minute",
+            API_THROTTLE_ANON="100000000/minute",
+            EMAIL_BACKEND="django.core.mail.backends.locmem.EmailBackend",
+        )
+        env.update(extra)
+        return env
+
+    def baseline_env(self, **extra: str) -> dict[str, str]:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("DJANGO_", "PYTEST_"))
+            and key not in ("DATABASE_URL", "DEBUG", "SECRET_KEY")
+        }
+        env.update(
+            DJANGO_SETTINGS_MODULE="bench.baseline.settings",
+            SECRET_KEY=self.secret_key,
+            DATABASE_URL=self.pg.dsn(self.baseline_db),
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra)
+        return env
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(
+        self, log: Callable[[str], None] = print, after_migrate: Callable[[], object] | None = None
+    ) -> None:
+        """Everything up. Start-up is mostly imports and migrations, so they overlap: the web
+        processes and the worker import while `migrate` runs (none of them touches the
+        database before its first request or task), and `after_migrate` (the seeding) runs
+        while they finish starting."""
+        # run/static: where collectstatic would put files (the API paths serve none).
+        (self.workdir / "run" / "static").mkdir(parents=True, exist_ok=True)
+        tag = f"{os.getpid()}_{secrets.token_hex(3)}"
+        self.product_db = f"bench_nihil_{tag}"
+        self.baseline_db = f"bench_base_{tag}"
+        self.pg.create(self.product_db)
+        self.pg.create(self.baseline_db)
+        self._start_redis()
+        migrate = self.spawn(
+            "migrate",
+            [PYTHON, "manage.py", "migrate", "--noinput", "-v", "0"],
+            self.product_env(),
+        )
+        self.run_checked(
+            "baseline-schema", [PYTHON, "-m", "bench.baseline.schema"], self.baseline_env()
+        )
+        for number in range(self.web_processes):
+            for app, env, procs, urls in (
+                ("bench.baseline.asgi", self.baseline_env(), self.baseline_web, self.baseline_urls),
+                ("config.asgi", self.product_env(), self.product_web, self.product_urls),
+            ):
+                port = free_port()
+                side = "baseline" if app.startswith("bench") else "product"
+                procs.append(self.spawn(f"{side}-web-{number}", self._uvicorn(app, port), env))
+                urls.append(f"http://127.0.0.1:{port}")
+        self.worker = self.spawn(
+            "worker",
+            [
+                *(PYTHON, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO"),
+                *("--concurrency", "2", "--without-mingle", "--without-gossip"),
+                *("-n", f"bench-{tag}@%h"),
+            ],
+            self.product_env(CELERY_TASK_LOG_LEVEL="WARNING"),
+        )
+        code = migrate.popen.wait(600)
+        if code != 0:
+            raise RuntimeError(f"migrate failed:\n{migrate.output()[-3000:]}")
+        log("migrated")
+        if after_migrate is not None:
+            after_migrate()
+        for proc in [*self.baseline_web, *self.product_web]:
+            proc.wait_for(r"Uvicorn running on", timeout=120)
+        self.worker.wait_for(r"ready\.", timeout=120)
+        for url in [*self.product_urls, *self.baseline_urls]:
+            _wait_http(url + "/healthz-does-not-matter")
+        log("web processes and worker ready")
+
+    def _start_redis(self) -> None:
+        executable = shutil.which("redis-server")
+        if executable is None:
+            raise RuntimeError("redis-server is not on PATH (Debian: apt-get install redis-server)")
+        port = free_port()
+        redis_dir = self.workdir / "redis"
+        redis_dir.mkdir(exist_ok=True)
+        proc = self.spawn(
+            "redis",
+            [
+                *(executable, "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
+                *("--appendonly", "no", "--dir", str(redis_dir)),
+            ],
+            dict(os.environ),
+        )
+        proc.wait_for(r"Ready to accept connections", timeout=30)
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+
+    def _uvicorn(self, app: str, port: int) -> list[str]:
+        # One process per port, as behind a load balancer; --lifespan off as `up` does (Django's
+        # ASGI app has no lifespan protocol); no access log (it costs CPU production turns off).
+        return [
+            *(PYTHON, "-m", "uvicorn", f"{app}:application", "--host", "127.0.0.1"),
+            *("--port", str(port), "--lifespan", "off", "--no-access-log"),
+        ]
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
+        proc = Proc(name, args, env, self.workdir / f"{name}.log")
+        self.procs.append(proc)
+        return proc
+
+    def run_checked(
+        self, name: str, args: list[str], env: dict[str, str], timeout: float = 600
+    ) -> str:
+        """Run to completion; stdout returned, stderr in the log; raises on failure."""
+        log_path = self.workdir / f"{name}.log"
+        with log_path.open("ab") as log:
+            done = subprocess.run(
+                args,
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                timeout=timeout,
+                check=False,
+            )
+        if done.returncode != 0:
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{name} failed ({done.returncode}):\n{tail}")
+        return done.stdout.decode()
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+        self.pg.drop_all()
+
+
+def _wait_http(url: str, timeout: float = 120) -> None:
+    """Until the server answers anything at all (a 404 is an answer)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            # As the load balancer says it: HTTPS was terminated in front (no SSL redirect).
+            httpx.get(url, headers={"X-Forwarded-Proto": "https"}, timeout=10)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def make_workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="nihil-bench-"))
