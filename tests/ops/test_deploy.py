@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import suppress
@@ -215,3 +217,14 @@ def test_alert_rules_and_dashboard_use_only_exported_series() -> None:
     assert used - exported == set()
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     assert scrape["scrape_configs"][0]["metrics_path"] == "/metrics"
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_alert_rules_pass_promtool_and_their_unit_tests() -> None:
+    rules = DEPLOY / "prometheus"
+    for argv in (
+        ["promtool", "check", "rules", "alerts.yml"],
+        ["promtool", "test", "rules", "alerts_test.yml"],
+    ):
+        result = subprocess.run(argv, cwd=rules, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr

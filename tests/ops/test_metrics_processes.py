@@ -29,10 +29,12 @@ from proposals.models import Proposal
 from tests.factories import token_for
 from tests.notifications.conftest import LOOPBACK
 from tests.processes import (
+    BASE_DIR,
+    CELERY,
+    Proc,
+    free_port,
     private_redis_db,
     send,
-    start_server,
-    start_worker,
     subprocess_env,
     wait_until,
 )
@@ -40,6 +42,11 @@ from tests.processes import (
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 TOKEN = "scrape-token-for-the-test-0123456789"
+
+WORKER = [CELERY, "-A", "config", "worker", "--loglevel", "INFO", "--concurrency", "2"]
+WORKER += ["--without-mingle", "--without-gossip"]
+UVICORN = [str(BASE_DIR / ".venv" / "bin" / "python"), "-m", "uvicorn", "config.asgi:application"]
+UVICORN += ["--host", "127.0.0.1", "--port"]
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -79,14 +86,17 @@ def test_metrics_from_two_web_processes_after_a_scripted_run(
             HITL_METRICS_TOKEN=TOKEN,
             HITL_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8",
         )
-        started = []
+        started: list[Proc] = []
         try:
-            worker, _ = start_worker(tmp_path, env, "--concurrency", "2")
-            started.append(worker)
-            server_a, a = start_server(tmp_path, env)
-            started.append(server_a)
-            server_b, b = start_server(tmp_path, env)
-            started.append(server_b)
+            # All three start at once (each takes seconds to import Django on a busy machine).
+            ports = [free_port(), free_port()]
+            started.append(Proc([*WORKER, "-n", f"ops-{ports[0]}@%h"], env, tmp_path / "w.log"))
+            for port in ports:
+                started.append(Proc([*UVICORN, str(port)], env, tmp_path / f"web-{port}.log"))
+            started[0].wait_for(r" ready\.")
+            for proc in started[1:]:
+                proc.wait_for(r"Uvicorn running on")
+            a, b = (f"http://127.0.0.1:{port}" for port in ports)
 
             ids = []
             for n, priority in enumerate(["high", "medium", "medium", "medium", "medium"]):
