@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from django.core.management import call_command
 
 from proposals.models import Proposal, Status
 from tests.factories import submit, token_for
@@ -29,6 +30,9 @@ PASSWORD = "pw-for-tests-123"  # tests.factories.UserFactory
 
 @pytest.fixture
 def live(world: Any, tmp_path: Path) -> Iterator[str]:
+    # The server runs with DEBUG off, as in production: WhiteNoise serves the collected files
+    # only (the pages' scripts and styles), so collect them first, as `up` does.
+    call_command("collectstatic", "--noinput", "-v", "0")
     with private_redis_db() as redis_url:
         env = subprocess_env(redis_url)
         server, url = start_server(tmp_path, env)
