@@ -11,9 +11,12 @@ from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
+from django.db.models import Q
 from django.http.request import validate_host
+from django.utils import timezone
 
 from hitl.keys import api_key_authenticate
+from hitl.models import ApiKey
 
 
 def _token(scope: dict[str, Any]) -> str | None:
@@ -37,9 +40,16 @@ def _origin_allowed(scope: dict[str, Any]) -> bool:
 
 
 @database_sync_to_async
-def _user_for_token(token: str) -> Any:
+def _token_scope(token: str) -> dict[str, Any]:
+    """The user, and which key (the socket re-checks that key while it stays open)."""
     api_key = api_key_authenticate(token)
-    return api_key.user if api_key is not None else AnonymousUser()
+    if api_key is None:
+        return {"user": AnonymousUser(), "api_key_id": None}
+    return {
+        "user": api_key.user,
+        "api_key_id": api_key.pk,
+        "api_key_expires_at": api_key.expires_at,
+    }
 
 
 class TokenOrSessionAuthMiddleware:
@@ -50,7 +60,17 @@ class TokenOrSessionAuthMiddleware:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         token = _token(scope)
         if token is not None:
-            return await self.inner({**scope, "user": await _user_for_token(token)}, receive, send)
+            return await self.inner({**scope, **await _token_scope(token)}, receive, send)
         if not _origin_allowed(scope):
             return await self.inner({**scope, "user": AnonymousUser()}, receive, send)
         return await self.session_stack(scope, receive, send)
+
+
+def api_key_is_live(api_key_id: int) -> bool:
+    """Neither revoked nor expired (the user's own state is checked by the caller)."""
+    now = timezone.now()
+    return (
+        ApiKey.objects.filter(pk=api_key_id, revoked_at__isnull=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .exists()
+    )
