@@ -11,9 +11,12 @@ test then also sees where the request went, and no packet leaves the machine.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -270,3 +273,126 @@ def test_an_attempt_that_died_unrecorded_past_the_limit_gives_up(world):
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.FAILED
     assert "gave up after 2 attempts" in delivery.last_error
+
+
+# --- TLS to the pinned address keeps the name --------------------------------------------
+
+
+def _certificate_authority() -> tuple[Any, Any, bytes]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nihil-obstat test CA")])
+    now = timezone.now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert, cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _leaf(ca_key: Any, ca_cert: Any, hostname: str, directory: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = timezone.now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / f"{hostname}.pem", directory / f"{hostname}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def tls_receiver(tmp_path: Path) -> Iterator[Callable[[str], tuple[Receiver, list[str], bytes]]]:
+    """tls_receiver(certificate_name) -> (a Receiver on https://127.0.0.2, the SNI names it
+    was sent, the PEM of the CA that signed its certificate)."""
+    ca_key, ca_cert, ca_pem = _certificate_authority()
+    started: list[Receiver] = []
+
+    def make(certificate_name: str) -> tuple[Receiver, list[str], bytes]:
+        cert_path, key_path = _leaf(ca_key, ca_cert, certificate_name, tmp_path)
+        server_names: list[str] = []
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert_path, key_path)
+        context.sni_callback = lambda sock, name, ctx: server_names.append(name or "")  # type: ignore[func-returns-value,assignment]
+        recv = Receiver()
+        recv.server = ThreadingHTTPServer(("127.0.0.2", 0), _handler_for(recv))
+        recv.server.socket = context.wrap_socket(recv.server.socket, server_side=True)
+        recv.server.daemon_threads = True
+        threading.Thread(target=recv.server.serve_forever, args=(0.05,), daemon=True).start()
+        started.append(recv)
+        return recv, server_names, ca_pem
+
+    yield make
+    for recv in started:
+        assert recv.server is not None
+        recv.server.shutdown()
+        recv.server.server_close()
+
+
+@override_settings(HITL_WEBHOOK_ALLOWED_NETWORKS=["127.0.0.2/32"])
+def test_tls_to_the_pinned_address_sends_the_name_and_verifies_its_certificate(
+    world, resolver, tls_receiver
+):
+    recv, server_names, ca_pem = tls_receiver("hooks.tls.test")
+    assert recv.server is not None
+    port = recv.server.server_address[1]
+    stub = resolver({"hooks.tls.test": ["127.0.0.2", "127.0.0.1"]})
+    delivery = delivery_for(world, endpoint_row(f"https://hooks.tls.test:{port}/hook"))
+    trust = ssl.create_default_context(cadata=ca_pem.decode())
+
+    with httpx.Client(verify=trust, trust_env=False) as client:
+        assert webhooks.deliver(delivery.pk, client=client) == DeliveryStatus.DELIVERED
+
+    assert server_names == ["hooks.tls.test"]
+    (request,) = recv.requests
+    assert request.headers["host"] == f"hooks.tls.test:{port}"
+    assert stub.lookups == ["hooks.tls.test"]
+
+
+@override_settings(HITL_WEBHOOK_ALLOWED_NETWORKS=["127.0.0.2/32"])
+def test_tls_certificate_for_another_name_is_a_recorded_failure(world, resolver, tls_receiver):
+    recv, _, ca_pem = tls_receiver("someone-else.test")
+    assert recv.server is not None
+    port = recv.server.server_address[1]
+    resolver({"hooks.tls.test": ["127.0.0.2"]})
+    delivery = delivery_for(world, endpoint_row(f"https://hooks.tls.test:{port}/hook"))
+    trust = ssl.create_default_context(cadata=ca_pem.decode())
+
+    with httpx.Client(verify=trust, trust_env=False) as client:
+        assert webhooks.deliver(delivery.pk, client=client) == DeliveryStatus.PENDING
+
+    assert recv.requests == []
+    attempt = DeliveryAttempt.objects.get(delivery=delivery)
+    assert attempt.status_code is None
+    assert "CERTIFICATE_VERIFY_FAILED" in attempt.error or "hostname" in attempt.error.lower()
