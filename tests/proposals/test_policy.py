@@ -807,3 +807,258 @@ def test_validate_checkpoint_policy_rejects(overrides: dict[str, Any], field: st
         validate_checkpoint_policy(**{**VALID_POLICY, **overrides})
     assert list(excinfo.value.message_dict) == [field]
     assert all(excinfo.value.message_dict[field])  # a message a human can act on
+
+
+# --- evaluate_round: the one quorum rule, options included ---------------------------------------
+
+
+def ballots(spec: str) -> list[policy.Ballot]:
+    """ "a a b R C" -> approve a, approve a, approve b, reject, request changes ("+" = approve
+    without options)."""
+    out = []
+    for token in spec.split():
+        if token == "R":
+            out.append(policy.Ballot("reject"))
+        elif token == "C":
+            out.append(policy.Ballot("request_changes"))
+        else:
+            out.append(policy.Ballot("approve", "" if token == "+" else token))
+    return out
+
+
+ROUND_TABLE: list[tuple[str, str, int, bool, int, str, str]] = [
+    # (case, ballots, required, veto, eligible, outcome, option)
+    ("no votes", "", 2, True, 3, "pending", ""),
+    ("plain approve reaches any", "+", 1, True, 3, "approved", ""),
+    ("option approve reaches any", "b", 1, True, 3, "approved", "b"),
+    ("all of 2, split options: impossible", "a b", 2, True, 2, "rejected", ""),
+    ("all of 3, split options, one undecided", "a b", 3, True, 3, "rejected", ""),
+    ("majority of 3, split, third undecided", "a b", 2, True, 3, "pending", ""),
+    ("majority of 3, third joins b", "a b b", 2, True, 3, "approved", "b"),
+    ("majority of 5, 2-2 split, one left", "a a b b", 3, True, 5, "pending", ""),
+    ("majority of 5, 2-2-1 split", "a a b b c", 3, True, 5, "rejected", ""),
+    ("count above eligible, only lacking votes", "+", 5, True, 1, "pending", ""),
+    ("count above eligible, a vote elsewhere", "a b", 5, True, 2, "rejected", ""),
+    ("no veto: reject while reachable", "R", 2, False, 3, "pending", ""),
+    ("no veto: options and a reject", "a R", 2, False, 3, "pending", ""),
+    ("no veto: reject makes it impossible", "a R", 3, False, 3, "rejected", ""),
+    ("veto ends it", "a a R", 3, True, 4, "rejected", ""),
+    ("request changes beats option approvals", "a a C", 2, True, 4, "changes_requested", ""),
+    ("more voters than counted never go negative", "a b c", 2, True, 1, "rejected", ""),
+]
+
+
+@pytest.mark.parametrize(
+    ("spec", "required", "veto", "eligible", "outcome", "option"),
+    [pytest.param(*row[1:], id=row[0]) for row in ROUND_TABLE],
+)
+def test_evaluate_round(
+    spec: str, required: int, veto: bool, eligible: int, outcome: str, option: str
+) -> None:
+    result = policy.evaluate_round(
+        ballots=ballots(spec), required=required, veto=veto, eligible=eligible
+    )
+    assert (result.outcome, result.option) == (outcome, option)
+
+
+# --- timeout_outcome ------------------------------------------------------------------------------
+
+TIMEOUT_TABLE: list[tuple[str, str, str, bool, str, str, str]] = [
+    # (case, timeout_action, status, has_options, ballots, outcome, option)
+    ("reject action", "reject", "pending", False, "", "rejected", ""),
+    ("approve action, no votes", "approve", "pending", False, "", "approved", ""),
+    ("approve action, a partial approval", "approve", "pending", False, "+", "approved", ""),
+    ("approve action, someone rejected", "approve", "pending", False, "+ R", "rejected", ""),
+    (
+        "changes requested, approve action",
+        "approve",
+        "changes_requested",
+        False,
+        "C",
+        "rejected",
+        "",
+    ),
+    ("changes requested, reject action", "reject", "changes_requested", False, "C", "rejected", ""),
+    ("options, nobody chose", "approve", "pending", True, "", "rejected", ""),
+    ("options, one chosen", "approve", "pending", True, "b", "approved", "b"),
+    ("options, a leader", "approve", "pending", True, "a b b", "approved", "b"),
+    ("options, a tie", "approve", "pending", True, "a b", "rejected", ""),
+    ("options, reject action", "reject", "pending", True, "a", "rejected", ""),
+]
+
+
+@pytest.mark.parametrize(
+    ("action", "status", "has_options", "spec", "outcome", "option"),
+    [pytest.param(*row[1:], id=row[0]) for row in TIMEOUT_TABLE],
+)
+def test_timeout_outcome(
+    action: str, status: str, has_options: bool, spec: str, outcome: str, option: str
+) -> None:
+    result = policy.timeout_outcome(
+        timeout_action=action, status=status, has_options=has_options, ballots=ballots(spec)
+    )
+    assert (result.outcome, result.option) == (outcome, option)
+    assert result.reason
+
+
+# --- ballots, deadlines, approvals ----------------------------------------------------------------
+
+BALLOT_TABLE: list[tuple[str, str, list[str], str, bool, str | None]] = [
+    # (case, decision, option keys, selected, edits, problem starts with)
+    ("plain approve", "approve", [], "", False, None),
+    ("plain edit-and-approve", "approve", [], "", True, None),
+    ("reject with an edit", "reject", [], "", True, "Only an approve"),
+    ("reject selecting an option", "reject", ["a"], "a", False, "Only an approve"),
+    ("approve without choosing", "approve", ["a", "b"], "", False, "Approving this proposal"),
+    ("approve an unknown option", "approve", ["a", "b"], "z", False, "Approving this proposal"),
+    ("approve an option", "approve", ["a", "b"], "b", False, None),
+    ("approve an option and edit", "approve", ["a", "b"], "b", True, "Proposals with options"),
+    ("select without options", "approve", [], "a", False, "This proposal has no options"),
+    ("reject with options", "reject", ["a"], "", False, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("decision", "keys", "selected", "edits", "problem"),
+    [pytest.param(*row[1:], id=row[0]) for row in BALLOT_TABLE],
+)
+def test_ballot_problem(
+    decision: str, keys: list[str], selected: str, edits: bool, problem: str | None
+) -> None:
+    found = policy.ballot_problem(
+        decision=decision, option_keys=keys, selected_option=selected, edits=edits
+    )
+    assert (found is None) if problem is None else (found or "").startswith(problem)
+
+
+NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("status", "due_at", "vote", "revise"),
+    [
+        ("pending", None, True, False),
+        ("pending", NOW + timedelta(seconds=1), True, False),
+        ("pending", NOW, False, False),  # the deadline itself belongs to the timeout
+        ("changes_requested", NOW + timedelta(hours=1), False, True),
+        ("changes_requested", NOW - timedelta(seconds=1), False, False),
+        ("approved", None, False, False),
+    ],
+)
+def test_voting_and_revising_open(
+    status: str, due_at: datetime | None, vote: bool, revise: bool
+) -> None:
+    assert policy.voting_open(status=status, due_at=due_at, now=NOW) is vote
+    assert policy.revising_open(status=status, due_at=due_at, now=NOW) is revise
+
+
+def test_approved_content_is_the_chosen_option_or_the_payload() -> None:
+    options = [{"key": "a", "payload": {"v": 1}}, {"key": "b", "payload": {"v": 2}}]
+    assert policy.approved_content(payload={"p": 0}, options=[], option_key="") == {
+        "approved_payload": {"p": 0},
+        "selected_option": "",
+    }
+    assert policy.approved_content(payload={"p": 0}, options=options, option_key="b") == {
+        "approved_payload": {"v": 2},
+        "selected_option": "b",
+    }
+    with pytest.raises(ValueError):
+        policy.approved_content(payload={}, options=options, option_key="")
+
+
+# --- who may vote: the pure rule behind Access and the electorate ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("grants", "is_submitter", "escalated", "expected"),
+    [
+        ({"review_checkpoint"}, False, False, True),
+        ({"review_checkpoint"}, True, False, False),
+        ({"review_escalated_checkpoint"}, False, False, False),
+        ({"review_escalated_checkpoint"}, False, True, True),
+        ({"review_escalated_checkpoint"}, True, True, False),
+        ({"manage_checkpoint", "submit_to_checkpoint"}, False, True, False),
+        (set(), False, True, False),
+    ],
+)
+def test_may_vote_with(
+    grants: set[str], is_submitter: bool, escalated: bool, expected: bool
+) -> None:
+    from proposals.permissions import may_vote_with
+
+    assert may_vote_with(grants, is_submitter=is_submitter, escalated=escalated) is expected
+
+
+# --- payload bounds -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "depth"),
+    [(1, 0), ({}, 1), ([], 1), ({"a": 1}, 1), ({"a": {}}, 2), ({"a": [1, {"b": []}]}, 4)],
+)
+def test_json_depth(value: Any, depth: int) -> None:
+    assert policy.json_depth(value) == depth
+
+
+BOUNDS = {"max_bytes": 1000, "max_depth": 5, "max_operations": 10}
+
+PATCH_TABLE: list[tuple[str, dict[str, Any], list[dict[str, Any]], Any]] = [
+    # (case, payload, patch, result or the detail key that refuses it)
+    ("replace", {"a": 1}, [{"op": "replace", "path": "/a", "value": 2}], {"a": 2}),
+    (
+        "copy within bounds",
+        {"a": [1]},
+        [{"op": "copy", "from": "/a", "path": "/b"}],
+        {"a": [1], "b": [1]},
+    ),
+    (
+        "too many operations",
+        {"a": 1},
+        [{"op": "test", "path": "/a", "value": 1}] * 11,
+        "max_operations",
+    ),
+    (
+        "add past the size",
+        {"a": 1},
+        [{"op": "add", "path": "/b", "value": "x" * 1000}],
+        "max_bytes",
+    ),
+    (
+        "copies doubling past the size",
+        {"a": {"s": "x" * 300}},
+        [{"op": "copy", "from": "/a", "path": f"/a/k{i}"} for i in range(10)],
+        "max_bytes",
+    ),
+    (
+        "add past the depth",
+        {"a": 1},
+        [{"op": "add", "path": "/b", "value": {"c": {"d": {"e": {"f": {}}}}}}],
+        "max_depth",
+    ),
+    (
+        "move deeper past the depth",
+        {"a": {"b": {"c": {}}}, "x": {"y": {}}},
+        [{"op": "move", "from": "/a", "path": "/x/y/z"}],
+        "max_depth",
+    ),
+    (
+        "remove then add stays in bounds",
+        {"a": "x" * 900},
+        [{"op": "remove", "path": "/a"}, {"op": "add", "path": "/b", "value": "y" * 900}],
+        {"b": "y" * 900},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("payload", "patch", "expected"), [pytest.param(*row[1:], id=row[0]) for row in PATCH_TABLE]
+)
+def test_apply_bounded_patch(payload: dict[str, Any], patch: list[Any], expected: Any) -> None:
+    if isinstance(expected, str):
+        with pytest.raises(policy.PayloadBoundExceeded) as refused:
+            policy.apply_bounded_patch(payload, patch, **BOUNDS)
+        assert expected in refused.value.details
+    else:
+        before = repr(payload)
+        assert policy.apply_bounded_patch(payload, patch, **BOUNDS) == expected
+        assert repr(payload) == before  # the proposal's payload is never changed in place
