@@ -11,6 +11,7 @@ files summed) and the state read from the database at scrape time.
 from __future__ import annotations
 
 import math
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ WORKER += ["--without-mingle", "--without-gossip"]
 UVICORN = [str(BASE_DIR / ".venv" / "bin" / "python"), "-m", "uvicorn", "config.asgi:application"]
 UVICORN += ["--host", "127.0.0.1", "--port"]
 
+# What `-s` shows of each scrape: the HITL series, not the buckets or the HTTP ones.
+_SHOWN = re.compile(r"^nihil_(?!http_)\w+(?<!_bucket)(?<!_created)[{ ]")
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -56,6 +60,8 @@ def scrape(base: str) -> Samples:
         f"{base}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
     )
     assert response.status_code == 200, response.text
+    excerpt = [line for line in response.text.splitlines() if _SHOWN.match(line)]
+    print(f"\n--- scrape of {base}/metrics (excerpt) ---\n" + "\n".join(excerpt))  # -s
     samples: Samples = {}
     for family in text_string_to_metric_families(response.text):
         for sample in family.samples:
@@ -159,6 +165,10 @@ def test_metrics_from_two_web_processes_after_a_scripted_run(
         assert worker_age is not None and 0 <= worker_age < 120
         assert value(samples, "nihil_heartbeat_age_seconds", process="beat") == math.inf
         assert value(samples, "nihil_scrape_source_up", source="database") == 1
+        # One of the two human decisions rejected what the AI proposed (fewer than
+        # HITL_OVERRIDE_MIN_DECISIONS: no alert).
+        assert value(samples, "nihil_override_rate", checkpoint=cp) == 0.5
+        assert value(samples, "nihil_override_alert_active", checkpoint=cp) == 0
         # Counters, written by the worker's relay after its commits.
         decisions = "nihil_decisions_total"
         assert (
