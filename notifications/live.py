@@ -146,6 +146,11 @@ def _user_saved(update_fields: Any = None, **kwargs: Any) -> None:
     rights_changed()
 
 
+def _key_saved(created: bool = False, **kwargs: Any) -> None:
+    if not created:  # a new key takes nothing from any open socket
+        rights_changed()
+
+
 def connect_rights_signals() -> None:
     from django.contrib.auth import get_user_model, user_logged_out
     from django.contrib.auth.models import Group
@@ -157,8 +162,9 @@ def connect_rights_signals() -> None:
     User = get_user_model()
     uid = "hitl-ws-rights"
     saved: list[type[Any]] = [UserObjectPermission, GroupObjectPermission, ApiKey]
-    for model in saved:
+    for model in saved[:2]:
         post_save.connect(rights_changed, sender=model, dispatch_uid=f"{uid}-save-{model}")
+    post_save.connect(_key_saved, sender=ApiKey, dispatch_uid=f"{uid}-key")
     deleted: list[type[Any]] = [*saved, User, Group]
     for model in deleted:
         post_delete.connect(rights_changed, sender=model, dispatch_uid=f"{uid}-del-{model}")
