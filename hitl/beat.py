@@ -16,6 +16,7 @@ import redis
 from celery.beat import PersistentScheduler
 from django.conf import settings
 
+from config import redis_clients
 from hitl import heartbeat
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,11 @@ class LeaderLock:
 
 class LeaderScheduler(PersistentScheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.leader_lock = LeaderLock(redis.Redis.from_url(settings.REDIS_URL))
+        # Bounded waits: a frozen Redis must not stall the scheduler loop (config.redis_clients).
+        client = redis.Redis.from_url(
+            settings.REDIS_URL, **redis_clients.client_options(settings.REDIS_TIMEOUTS)
+        )
+        self.leader_lock = LeaderLock(client)
         self.leading = False
         super().__init__(*args, **kwargs)
 

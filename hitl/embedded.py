@@ -7,48 +7,155 @@ module must not import anything from Django or the project at import time.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_DIR = ROOT / ".run"
-SECRET_KEY_FILE = RUN_DIR / "secret_key"
-REDIS_URL_FILE = RUN_DIR / "redis_url"  # written by `up` while its embedded Redis runs
+DEFAULT_RUN_DIR = ROOT / ".run"
+RUN_DIR_ENV = "NIHIL_RUN_DIR"  # selects the install's run dir; `up --run-dir` sets it
+UP_STATE_ENV = "NIHIL_UP_STATE"  # set for commands beside an install: "running" or "stopped"
+UP_FILE = "up.json"  # written by `up` while it runs: how commands beside it find it
+SECRET_KEY_NAME = "secret_key"  # noqa: S105  # a file name, not a secret
+REDIS_URL_FILE_NAME = "redis_url"  # kept for older tooling: up's embedded Redis URL
+# What commands of a stopped install use as Redis: a reserved port nothing listens on, so
+# every client fails at once ("connection refused") instead of reaching the shared default
+# Redis, where another install's worker could run our tasks or show its heartbeats as ours.
+NO_REDIS_URL = "redis://127.0.0.1:1/0"
 TEST_SETTINGS = "config.settings.test"
+
+
+def run_dir() -> Path:
+    return Path(os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR)
+
+
+# --- what `up` leaves for the commands beside it -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpState:
+    pid: int
+    debug: str
+    redis_url: str
+    redis_embedded: bool
+    database_url: str | None  # None: up's default, the run dir's SQLite file
+    secret_key_file: str | None  # None: up got SECRET_KEY from its environment
+    base_url: str
+
+    def is_running(self) -> bool:
+        """Whether the `up` that wrote this still runs (not just any process with its pid)."""
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        cmdline = Path(f"/proc/{self.pid}/cmdline")
+        if cmdline.exists():  # Linux: guard against the pid having been reused
+            try:
+                return b"\0up\0" in cmdline.read_bytes() + b"\0"
+            except OSError:
+                return True
+        return True
+
+
+def write_up_state(directory: Path, state: UpState) -> None:
+    """Mode 600: the database URL may carry a password."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / UP_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(asdict(state), handle, indent=2)
+    os.chmod(directory / UP_FILE, 0o600)
+
+
+def read_up_state(directory: Path) -> UpState | None:
+    try:
+        data = json.loads((directory / UP_FILE).read_text())
+        return UpState(**data)
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
 
 
 # --- before Django loads ---------------------------------------------------------------------
 
 
 def prepare_command_environment(argv: list[str]) -> None:
-    """Environment defaults for the README's two commands, applied before settings load.
+    """Environment defaults for the README's commands, applied before settings load.
 
     - `up` is embedded mode: DEBUG on unless set, and a random SECRET_KEY kept in
-      .run/secret_key (base settings refuse to start without one when DEBUG is off).
+      <run dir>/secret_key (`--run-dir` picks the run dir; NIHIL_RUN_DIR for everyone).
     - `run_tests` always runs pytest with the test settings; its own process loads them too,
       so it needs no SECRET_KEY or database of its own.
+    - Any other command in a checkout where `up` has run shares that install: its database,
+      its key, and, while up runs, its Redis (read from <run dir>/up.json), in SQLite and
+      PostgreSQL mode alike. Once up has stopped, NIHIL_UP_STATE=stopped tells hitl_status,
+      and Redis points nowhere rather than at a shared default.
+    An explicit environment variable always wins; a DATABASE_URL other than up's means
+    another install, which gets nothing from this one.
     """
     command = argv[1] if len(argv) > 1 else ""
     if command == "run_tests":
         os.environ["DJANGO_SETTINGS_MODULE"] = TEST_SETTINGS
         return
-    # Any other command on an embedded install (no DATABASE_URL, `up` has run) shares up's
-    # defaults, so `manage.py hitl_status` or `create_api_key` just work beside it.
-    embedded_install = not os.environ.get("DATABASE_URL") and SECRET_KEY_FILE.exists()
-    if command == "up" or embedded_install:
+    if command == "up":
+        chosen = _option_value(argv, "--run-dir")
+        if chosen:
+            os.environ[RUN_DIR_ENV] = str(Path(chosen).resolve())
         os.environ.setdefault("DEBUG", "true")
         if not os.environ.get("SECRET_KEY"):
-            os.environ["SECRET_KEY"] = load_or_create_secret_key(SECRET_KEY_FILE)
-    if command != "up" and embedded_install and not os.environ.get("REDIS_URL"):
-        # When `up` is not running, the file is gone and the default Redis URL applies.
-        with contextlib.suppress(FileNotFoundError):
-            os.environ["REDIS_URL"] = REDIS_URL_FILE.read_text().strip()
+            os.environ["SECRET_KEY"] = load_or_create_secret_key(run_dir() / SECRET_KEY_NAME)
+        return
+
+    directory = run_dir()
+    state = read_up_state(directory)
+    if state is not None:
+        wanted = os.environ.get("DATABASE_URL")
+        if wanted and wanted != state.database_url:
+            return  # another database: another install, which gets nothing from this one
+        running = state.is_running()
+        os.environ[UP_STATE_ENV] = "running" if running else "stopped"
+        os.environ.setdefault(RUN_DIR_ENV, str(directory))
+        os.environ.setdefault("DEBUG", state.debug)
+        if state.database_url:
+            os.environ.setdefault("DATABASE_URL", state.database_url)
+        if not os.environ.get("SECRET_KEY") and state.secret_key_file:
+            with contextlib.suppress(FileNotFoundError):
+                os.environ["SECRET_KEY"] = Path(state.secret_key_file).read_text().strip()
+        if not os.environ.get("REDIS_URL"):
+            if running or not state.redis_embedded:
+                os.environ["REDIS_URL"] = state.redis_url
+            else:
+                os.environ["REDIS_URL"] = NO_REDIS_URL
+        return
+
+    # An install from before up.json: the run dir's key means `up` ran here in SQLite mode.
+    secret_key_file = directory / SECRET_KEY_NAME
+    if not os.environ.get("DATABASE_URL") and secret_key_file.exists():
+        os.environ.setdefault("DEBUG", "true")
+        if not os.environ.get("SECRET_KEY"):
+            os.environ["SECRET_KEY"] = load_or_create_secret_key(secret_key_file)
+        if not os.environ.get("REDIS_URL"):
+            try:
+                os.environ["REDIS_URL"] = (directory / REDIS_URL_FILE_NAME).read_text().strip()
+            except FileNotFoundError:
+                os.environ[UP_STATE_ENV] = "stopped"
+                os.environ["REDIS_URL"] = NO_REDIS_URL
+
+
+def _option_value(argv: list[str], option: str) -> str | None:
+    """`--opt value` or `--opt=value` from a raw argv (argparse has not run yet)."""
+    for index, arg in enumerate(argv):
+        if arg == option and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith(option + "="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def load_or_create_secret_key(path: Path) -> str:
@@ -163,7 +270,7 @@ class EmbeddedRedis:
 
 
 def start_redis(
-    run_dir: Path = RUN_DIR,
+    run_dir: Path = DEFAULT_RUN_DIR,
     *,
     port: int | None = None,
     executable: str | None = None,

@@ -73,6 +73,18 @@ def api_key_revoke(*, api_key: ApiKey, revoked_by: User | None) -> ApiKey:
 
 def api_key_authenticate(token: str) -> ApiKey | None:
     """The live key for this token, or None. Constant-time on the secret part."""
+    api_key = api_key_find(token)
+    if api_key is None:
+        return None
+    now = timezone.now()
+    # Written at most once a minute per key, so busy agents don't turn reads into writes.
+    if api_key.last_used_at is None or (now - api_key.last_used_at).total_seconds() > 60:
+        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+    return api_key
+
+
+def api_key_find(token: str) -> ApiKey | None:
+    """The live key for this token, or None, without recording a use."""
     scheme, _, rest = token.partition("_")
     prefix, _, secret = rest.partition("_")
     if scheme != KEY_SCHEME or not _PREFIX.fullmatch(prefix) or not _SECRET.fullmatch(secret):
@@ -85,9 +97,6 @@ def api_key_authenticate(token: str) -> ApiKey | None:
         return None
     if not api_key.user.is_active:
         return None
-    # Written at most once a minute per key, so busy agents don't turn reads into writes.
-    if api_key.last_used_at is None or (now - api_key.last_used_at).total_seconds() > 60:
-        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
     return api_key
 
 

@@ -228,20 +228,17 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path, env):
     )
     output = Lines(up)
     try:
-        output.until(r"Press Ctrl-C to stop")
+        output.until(r"Press Ctrl-C to stop", timeout=240)  # migrate + seed on a loaded CI
         key = output.until(r"^\s+(nok_\S+)$").group(1)
         redis_port = int(output.until(r"Redis\s+redis://127\.0\.0\.1:(\d+)/0 \(embedded\)")[1])
-        reviewer_key = manage(
-            {**env, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"},
-            "create_api_key",
-            "ivan",
-            "--name",
-            "smoke",
-        ).split()[-1]
+        # A command beside up, as a user types it: only the database (and the run dir)
+        # in common; key and Redis come from the running up.
+        reviewer_key = manage(beside(env, tmp_path / "run"), "create_api_key", "ivan").split()[-1]
         final = submit_and_approve(f"http://127.0.0.1:{port}", key, reviewer_key)
         assert final["status"] == "approved"
         output.until(r"^worker\s+\| .*celery@\S+ ready\.")
         output.until(r"^beat\s+\| .*beat: Starting")
+        assert_healthy_beside(env, tmp_path / "run")
     finally:
         code = stop(up)
     lines = output.rest()
@@ -249,6 +246,106 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path, env):
     assert lines[-1].endswith("stopped")
     assert not embedded.redis_ping("127.0.0.1", redis_port)
     assert (tmp_path / "run" / "demo-credentials.txt").exists()
+    assert_stopped_beside(env, tmp_path / "run")
+
+
+def beside(env: dict[str, str], run_dir: Path) -> dict[str, str]:
+    """A shell next to `up`: the same DATABASE_URL and run dir, nothing else exported."""
+    environment = {k: v for k, v in env.items() if k not in ("SECRET_KEY", "DEBUG", "REDIS_URL")}
+    environment[embedded.RUN_DIR_ENV] = str(run_dir)
+    return environment
+
+
+def hitl_status(env: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    done = subprocess.run(
+        [sys.executable, MANAGE, "hitl_status", "--json"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    try:
+        return done.returncode, json.loads(done.stdout)
+    except ValueError:
+        pytest.fail(f"hitl_status printed no JSON (exit {done.returncode}):\n{done.stderr}")
+
+
+def assert_healthy_beside(env: dict[str, str], run_dir: Path) -> None:
+    """hitl_status beside a running up sees its worker and beat (in its Redis)."""
+    deadline = time.monotonic() + 60
+    while True:
+        code, report = hitl_status(beside(env, run_dir))
+        if code == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert (code, report["healthy"], report["up"]) == (0, True, "running"), report
+    assert set(report["heartbeats"]) == {"worker", "beat"}
+
+
+def assert_stopped_beside(env: dict[str, str], run_dir: Path) -> None:
+    """Once up has stopped, hitl_status says so, and reads no (shared) Redis."""
+    code, report = hitl_status(beside(env, run_dir))
+    assert (code, report["healthy"], report["up"], report["heartbeats"]) == (
+        1,
+        False,
+        "stopped",
+        {},
+    ), report
+    assert "`manage.py up` is not running" in report["problems"][0]
+
+
+@pytest.fixture
+def postgres_database_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database of this test's own (dropped afterwards)."""
+    import psycopg
+
+    name = f"nihil_up_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgres://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def test_commands_beside_up_share_its_key_and_redis_in_postgresql_mode(
+    tmp_path, env, postgres_database_url
+):
+    """With DATABASE_URL exported and nothing else (as the README says), create_api_key and
+    hitl_status beside `up` use its persisted key and its embedded Redis; after it stops,
+    hitl_status reports that instead of another install's heartbeats."""
+    env = {k: v for k, v in env.items() if k != "SECRET_KEY"}  # up persists its own
+    env["DATABASE_URL"] = postgres_database_url
+    run_dir = tmp_path / "run"
+    port = embedded.free_port()
+    up = subprocess.Popen(
+        [sys.executable, MANAGE, "up", "--port", str(port), "--run-dir", str(run_dir)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = Lines(up)
+    try:
+        output.until(r"Press Ctrl-C to stop", timeout=240)  # migrate + seed on a loaded CI
+        key = output.until(r"^\s+(nok_\S+)$").group(1)
+        reviewer_key = manage(beside(env, run_dir), "create_api_key", "ingrid").split()[-1]
+        final = submit_and_approve(f"http://127.0.0.1:{port}", key, reviewer_key)
+        assert final["status"] == "approved"
+        assert_healthy_beside(env, run_dir)
+    finally:
+        code = stop(up)
+    assert code == 0, "\n".join(output.rest())
+    assert_stopped_beside(env, run_dir)
 
 
 # --- the helpers `up` and manage.py rely on ---------------------------------------------------
@@ -276,9 +373,9 @@ def test_secret_key_is_random_private_and_kept(tmp_path):
 
 
 def test_command_environment_defaults(tmp_path, monkeypatch):
-    for name in ("DEBUG", "SECRET_KEY", "DJANGO_SETTINGS_MODULE"):
+    for name in ("DEBUG", "SECRET_KEY", "DJANGO_SETTINGS_MODULE", "REDIS_URL", "DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(embedded, "SECRET_KEY_FILE", tmp_path / "secret_key")
+    monkeypatch.setenv(embedded.RUN_DIR_ENV, str(tmp_path))
 
     embedded.prepare_command_environment(["manage.py", "up"])
     assert os.environ["DEBUG"] == "true"
@@ -288,9 +385,110 @@ def test_command_environment_defaults(tmp_path, monkeypatch):
     embedded.prepare_command_environment(["manage.py", "up"])
     assert os.environ["DEBUG"] == "false"  # an explicit setting wins
 
+    other = tmp_path / "other-run"
+    monkeypatch.delenv("SECRET_KEY")
+    embedded.prepare_command_environment(["manage.py", "up", "--run-dir", str(other)])
+    assert os.environ[embedded.RUN_DIR_ENV] == str(other.resolve())
+    assert os.environ["SECRET_KEY"] == (other / "secret_key").read_text().strip()
+
     monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "config.settings.base")
     embedded.prepare_command_environment(["manage.py", "run_tests", "-x"])
     assert os.environ["DJANGO_SETTINGS_MODULE"] == "config.settings.test"
 
     embedded.prepare_command_environment(["manage.py", "migrate"])
     assert os.environ["DJANGO_SETTINGS_MODULE"] == "config.settings.test"  # untouched
+
+
+def _state(run_dir: Path, **overrides: Any) -> embedded.UpState:
+    fields: dict[str, Any] = {
+        "pid": os.getpid(),
+        "debug": "true",
+        "redis_url": "redis://127.0.0.1:6399/0",
+        "redis_embedded": True,
+        "database_url": "postgres://postgres@127.0.0.1:5432/nihil_x",
+        "secret_key_file": str(run_dir / "secret_key"),
+        "base_url": "http://127.0.0.1:8000",
+    }
+    fields.update(overrides)
+    return embedded.UpState(**fields)
+
+
+def test_commands_find_the_up_of_their_run_dir(tmp_path, monkeypatch):
+    for name in ("DEBUG", "SECRET_KEY", "REDIS_URL", "DATABASE_URL", embedded.UP_STATE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(embedded.RUN_DIR_ENV, str(tmp_path))
+    key = embedded.load_or_create_secret_key(tmp_path / "secret_key")
+    # This test process stands in for a running up (its cmdline lacks "up": fake it).
+    monkeypatch.setattr(embedded.UpState, "is_running", lambda self: True)
+    embedded.write_up_state(tmp_path, _state(tmp_path))
+    assert (tmp_path / "up.json").stat().st_mode & 0o777 == 0o600
+
+    monkeypatch.setenv("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/nihil_x")
+    embedded.prepare_command_environment(["manage.py", "create_api_key", "ivan"])
+    assert os.environ["SECRET_KEY"] == key
+    assert os.environ["REDIS_URL"] == "redis://127.0.0.1:6399/0"
+    assert os.environ["DEBUG"] == "true"
+    assert os.environ[embedded.UP_STATE_ENV] == "running"
+
+
+def test_commands_of_another_database_get_nothing_from_up(tmp_path, monkeypatch):
+    for name in ("DEBUG", "SECRET_KEY", "REDIS_URL", embedded.UP_STATE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(embedded.RUN_DIR_ENV, str(tmp_path))
+    embedded.write_up_state(tmp_path, _state(tmp_path))
+    monkeypatch.setenv("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/someone_else")
+    embedded.prepare_command_environment(["manage.py", "hitl_status"])
+    for name in ("DEBUG", "SECRET_KEY", "REDIS_URL", embedded.UP_STATE_ENV):
+        assert name not in os.environ
+
+
+def test_commands_beside_a_stopped_up_point_at_no_redis(tmp_path, monkeypatch):
+    for name in ("DEBUG", "SECRET_KEY", "REDIS_URL", "DATABASE_URL", embedded.UP_STATE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(embedded.RUN_DIR_ENV, str(tmp_path))
+    embedded.write_up_state(tmp_path, _state(tmp_path, pid=999_999_999))
+    embedded.prepare_command_environment(["manage.py", "hitl_status"])
+    assert os.environ[embedded.UP_STATE_ENV] == "stopped"
+    assert os.environ["REDIS_URL"] == embedded.NO_REDIS_URL
+    assert os.environ["DATABASE_URL"] == "postgres://postgres@127.0.0.1:5432/nihil_x"
+
+
+def settings_in_subprocess(env: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from django.conf import settings; " + code,
+        ],
+        env={**env, "DJANGO_SETTINGS_MODULE": "config.settings.base"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_settings_never_fall_back_to_a_constant_secret_key(tmp_path):
+    """Any entry point (uvicorn, celery, a script): no SECRET_KEY and DEBUG off is refused
+    with a clear message; with DEBUG on it is the install's own random key, never a constant."""
+    base = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DEBUG")}
+    base[embedded.RUN_DIR_ENV] = str(tmp_path / "run")
+    base["DATABASE_URL"] = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+
+    refused = settings_in_subprocess({**base, "DEBUG": "false"}, "print(settings.SECRET_KEY)")
+    assert refused.returncode != 0
+    assert "SECRET_KEY is not set" in refused.stderr
+
+    shown = settings_in_subprocess({**base, "DEBUG": "true"}, "print(settings.SECRET_KEY)")
+    assert shown.returncode == 0, shown.stderr
+    key = shown.stdout.strip()
+    assert key == (tmp_path / "run" / "secret_key").read_text().strip()
+    assert (tmp_path / "run" / "secret_key").stat().st_mode & 0o777 == 0o600
+    again = settings_in_subprocess({**base, "DEBUG": "true"}, "print(settings.SECRET_KEY)")
+    assert again.stdout.strip() == key  # the install's key, kept
+    other = settings_in_subprocess(
+        {**base, "DEBUG": "true", embedded.RUN_DIR_ENV: str(tmp_path / "other")},
+        "print(settings.SECRET_KEY)",
+    )
+    assert other.stdout.strip() != key  # another install, another key

@@ -6,6 +6,7 @@ starts one). Production overrides live in config.settings.production.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,16 +15,36 @@ import django_stubs_ext
 from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import env_bool, env_int, env_list, env_str, env_url
+from config import redis_clients
+from config.env import env_bool, env_float, env_int, env_list, env_str, env_url
 
 # Lets typed code write ModelAdmin[Model], QuerySet[Model] and friends at runtime too.
 django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
-RUN_DIR = BASE_DIR / ".run"
+# The install's local state (SQLite file, secret key, embedded Redis, demo logins): `up
+# --run-dir` sets NIHIL_RUN_DIR for itself and its children, so everything of one install
+# lives in one directory.
+RUN_DIR = Path(os.environ.get("NIHIL_RUN_DIR") or BASE_DIR / ".run")
 
 DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = env_str("SECRET_KEY", "insecure-embedded-mode-key-change-me" if DEBUG else None)
+
+# --- secret key: never a constant ------------------------------------------------------------
+# Anyone who knows the key can forge sessions and signed e-mail links, so there is no built-in
+# fallback. In development (DEBUG) every entry point of an install (manage.py, uvicorn, celery)
+# shares the random key `up` keeps in RUN_DIR/secret_key, created on first use (mode 600).
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set. Export a random value of 50+ characters, e.g. "
+            "SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))'); "
+            f"for local development, DEBUG=true uses this install's own key ({RUN_DIR}/"
+            "secret_key, the one `manage.py up` keeps)."
+        )
+    from hitl.embedded import load_or_create_secret_key  # no Django imports: safe here
+
+    SECRET_KEY = load_or_create_secret_key(RUN_DIR / "secret_key")
 if len(SECRET_KEY) < 32:
     raise ImproperlyConfigured("SECRET_KEY must be at least 32 characters long.")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
@@ -94,26 +115,48 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # has to upgrade a read lock (the classic SQLite deadlock).
     DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
 else:
-    DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 60, minimum=0)
+    # --- PostgreSQL: a connection pool ------------------------------------------------------
+    # Under ASGI every concurrent request runs in its own thread, and a persistent
+    # connection per thread exhausted max_connections ("too many clients already" at 20
+    # concurrent requests). psycopg's pool bounds each process to DB_POOL_MAX_SIZE
+    # connections; requests beyond that wait up to DB_POOL_TIMEOUT seconds for one.
+    DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 0, minimum=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DB_POOL = env_bool("DB_POOL", True)
+    if DB_POOL:
+        if DATABASES["default"]["CONN_MAX_AGE"]:
+            raise ImproperlyConfigured(
+                "DB_CONN_MAX_AGE must be 0 with the connection pool (the pool keeps the "
+                "connections); set DB_POOL=false to use persistent connections instead."
+            )
+        DB_POOL_MIN_SIZE = env_int("DB_POOL_MIN_SIZE", 2, minimum=0)
+        DB_POOL_MAX_SIZE = env_int("DB_POOL_MAX_SIZE", 10, minimum=1)
+        if DB_POOL_MIN_SIZE > DB_POOL_MAX_SIZE:
+            raise ImproperlyConfigured(
+                f"DB_POOL_MIN_SIZE={DB_POOL_MIN_SIZE} is above DB_POOL_MAX_SIZE="
+                f"{DB_POOL_MAX_SIZE}."
+            )
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": DB_POOL_MIN_SIZE,
+            "max_size": DB_POOL_MAX_SIZE,
+            "timeout": env_float("DB_POOL_TIMEOUT", 10.0, minimum=0.1),
+        }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6379/0", schemes=("redis", "rediss", "unix"))
 
-CACHES = {
-    "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": REDIS_URL,
-        "KEY_PREFIX": "nihil",
-    }
-}
-
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
-    }
-}
+# --- Redis: every client waits a bounded time -------------------------------------------------
+# A frozen Redis (a network partition, a full server) accepts connections and never answers;
+# without a socket timeout every request hung on the rate-limit lookup for minutes. Each
+# client (cache, throttles, heartbeats, Celery publish, channel layer, beat's leader lock)
+# gives up after these many seconds and takes its "Redis unavailable" path.
+REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 0.5, minimum=0.01)
+REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.5, minimum=0.01)
+REDIS_TIMEOUTS = redis_clients.Timeouts(
+    connect=REDIS_CONNECT_TIMEOUT, socket=REDIS_SOCKET_TIMEOUT
+)
+CACHES = {"default": redis_clients.cache_config(REDIS_URL, REDIS_TIMEOUTS)}
+CHANNEL_LAYERS = {"default": redis_clients.channel_layer_config(REDIS_URL, REDIS_TIMEOUTS)}
 
 AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
@@ -216,19 +259,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 240, minimum=1)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 300, minimum=1)
-# Redis redelivers an unacked message after the visibility timeout: it must outlast the
-# longest countdown/ETA we schedule (webhook retries wait in the database, not in Redis).
-# The rest bounds how long a publisher (a web request's on-commit kick) waits for a broker
-# that is down: one quick retry, then the caller logs and moves on; beat's safety nets resend.
-CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": 3600,
-    "max_retries": 1,
-    "interval_start": 0,
-    "interval_step": 0.2,
-    "interval_max": 0.2,
-    "socket_connect_timeout": 2,
-}
-CELERY_BROKER_CONNECTION_TIMEOUT = 2
+# Visibility timeout and bounded publishing: see redis_clients.broker_transport_options.
+CELERY_BROKER_TRANSPORT_OPTIONS = redis_clients.broker_transport_options(REDIS_TIMEOUTS)
+CELERY_BROKER_CONNECTION_TIMEOUT = REDIS_CONNECT_TIMEOUT
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULER = "hitl.beat:LeaderScheduler"

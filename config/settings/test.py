@@ -20,3 +20,7 @@ DATABASES["default"]["TEST"] = {"NAME": f"test_nihil_{os.getpid()}"}  # noqa: F4
 # Connections opened in worker threads (Channels' database_sync_to_async, thread-based race
 # tests) are closed after each use, so none outlives the run and blocks dropping the database.
 DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
+# The pytest process itself connects without psycopg's pool, so each thread's connection is
+# really closed after use (above). Servers that tests start as subprocesses with the base
+# settings use the pool, as production does (tests/hitl/test_db_pool_load.py).
+DATABASES["default"].get("OPTIONS", {}).pop("pool", None)  # noqa: F405

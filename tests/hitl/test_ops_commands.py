@@ -1,20 +1,28 @@
 """hitl_decide and export_feedback: ops decide through the services, and the human feedback
-comes out as training data."""
+comes out as training data. hitl_status: a report for monitoring whatever state Redis is in."""
 
 from __future__ import annotations
 
 import json
+import signal
+import time
+from collections.abc import Iterator
 from io import StringIO
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.test import override_settings
 
 from audit.models import AuditEvent
+from config.redis_clients import cache_config
+from hitl import embedded, heartbeat
 from proposals import services
 from proposals.models import Proposal, Status
 from tests.factories import submit
+from tests.notifications.conftest import RedisServer
 
 pytestmark = pytest.mark.django_db
 
@@ -160,3 +168,90 @@ def test_export_feedback_skips_policy_decisions(world: Any) -> None:
     world.checkpoint.save()
     submit(world.submitter, world.checkpoint, confidence=0.9)
     assert feedback() == []
+
+
+# --- hitl_status when Redis does not answer ----------------------------------------------------
+
+
+@pytest.fixture
+def status_redis() -> Iterator[RedisServer]:
+    """This process's cache (where the heartbeats live) on a private redis-server."""
+    server = RedisServer()
+    server.start()
+    url = server.url()
+    try:
+        with override_settings(
+            REDIS_URL=url, CACHES={"default": cache_config(url, settings.REDIS_TIMEOUTS)}
+        ):
+            yield server
+    finally:
+        server.stop()
+
+
+def status_json() -> tuple[dict[str, Any], int, float]:
+    """hitl_status --json: (report, exit code, seconds)."""
+    out = StringIO()
+    started = time.monotonic()
+    code = 0
+    try:
+        call_command("hitl_status", "--json", stdout=out)
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    return json.loads(out.getvalue()), code, time.monotonic() - started
+
+
+def test_hitl_status_json_reports_redis_down_instead_of_crashing(
+    world: Any, status_redis: RedisServer
+) -> None:
+    status_redis.stop()
+    report, code, _ = status_json()
+    assert code == 1
+    assert report["healthy"] is False
+    assert report["problems"] and report["problems"][0].startswith("Redis unreachable at redis://")
+    assert {row["slug"] for row in report["checkpoints"]} == {"inspection-schedule", "elsewhere"}
+
+
+def test_hitl_status_json_reports_a_frozen_redis_within_seconds(
+    world: Any, status_redis: RedisServer
+) -> None:
+    assert status_redis.proc is not None
+    status_redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        report, code, seconds = status_json()
+    finally:
+        status_redis.proc.send_signal(signal.SIGCONT)
+    assert code == 1
+    assert report["healthy"] is False
+    assert "Redis unreachable" in report["problems"][0]
+    assert seconds < 10, f"hitl_status waited {seconds:.1f}s for a frozen Redis"
+
+
+def test_hitl_status_reports_never_seen_heartbeats_as_problems(
+    world: Any, status_redis: RedisServer
+) -> None:
+    report, code, _ = status_json()
+    assert code == 1
+    assert report["problems"] == ["worker: never seen", "beat: never seen"]
+    heartbeat.worker_alive("w@test")
+    heartbeat.beat_alive()
+    report, code, _ = status_json()
+    assert (code, report["healthy"], report["problems"]) == (0, True, [])
+
+
+def test_hitl_status_beside_a_stopped_up_reads_no_redis(
+    world: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """manage.py marks commands beside a stopped `up` (embedded.py): no Redis is read, so
+    another install's heartbeats can never pass for this one's."""
+    monkeypatch.setenv(embedded.UP_STATE_ENV, "stopped")
+    monkeypatch.setenv(embedded.RUN_DIR_ENV, str(tmp_path))
+    with override_settings(
+        CACHES={"default": cache_config("redis://127.0.0.1:1/0", settings.REDIS_TIMEOUTS)}
+    ):
+        report, code, _ = status_json()
+    assert code == 1
+    assert report["up"] == "stopped"
+    assert report["heartbeats"] == {}
+    assert report["problems"] == [
+        f"`manage.py up` is not running (run dir {tmp_path}): its worker and beat are stopped"
+    ]

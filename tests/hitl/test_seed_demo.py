@@ -174,12 +174,37 @@ def test_running_twice_duplicates_nothing(seeded, tmp_path):
         Proposal.objects.count(),
         User.objects.get(username="manager").user_permissions.count(),
     )
-    # Passwords are kept (and shown again from the file); the key is fresh, the old one revoked.
+    # Passwords and the demo key are kept (and shown again from their files).
     assert {login["username"]: login["password"] for login in again["logins"]} == first_passwords
-    assert again["api_key"] != seeded["api_key"]
-    assert api_key_authenticate(seeded["api_key"]) is None
+    assert again["api_key"] == seeded["api_key"]
     assert api_key_authenticate(again["api_key"]) is not None
     assert ApiKey.objects.filter(user__username="demo-agent", revoked_at__isnull=True).count() == 1
+
+
+def test_demo_agent_key_is_kept_across_runs_and_rotates_on_request(seeded, tmp_path):
+    """An agent configured with the printed key keeps working after the next `up`."""
+    key_file = tmp_path / "demo-api-key"
+    assert key_file.read_text().strip() == seeded["api_key"]
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+    assert seed(tmp_path)["api_key"] == seeded["api_key"]
+
+    rotated = seed(tmp_path, "--rotate-key")["api_key"]
+    assert rotated != seeded["api_key"]
+    assert api_key_authenticate(seeded["api_key"]) is None  # the old key is revoked
+    assert api_key_authenticate(rotated) is not None
+    assert key_file.read_text().strip() == rotated
+    assert ApiKey.objects.filter(user__username="demo-agent", revoked_at__isnull=True).count() == 1
+
+
+def test_a_kept_demo_key_that_no_longer_works_is_replaced(seeded, tmp_path):
+    from hitl.keys import api_key_revoke
+
+    api_key_revoke(api_key=ApiKey.objects.get(user__username="demo-agent"), revoked_by=None)
+    again = seed(tmp_path)["api_key"]
+    assert again != seeded["api_key"]
+    assert api_key_authenticate(again) is not None
+    assert (tmp_path / "demo-api-key").read_text().strip() == again
 
 
 def test_reset_passwords(seeded, tmp_path):

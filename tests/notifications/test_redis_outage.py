@@ -11,6 +11,7 @@ a loopback receiver.
 
 from __future__ import annotations
 
+import signal
 import statistics
 import threading
 import time
@@ -18,10 +19,12 @@ from typing import Any
 
 import pytest
 import redis
+from django.conf import settings
 from django.db import connection
 from django.test import override_settings
 from rest_framework.test import APIClient
 
+from config import redis_clients
 from notifications import tasks, webhooks
 from notifications.models import DeliveryStatus, OutboxEvent, WebhookDelivery
 from proposals.models import Proposal
@@ -39,21 +42,13 @@ MAX_TOTAL_SECONDS = 60.0
 
 
 def redis_settings(url: str) -> override_settings:
+    """Every Redis client of this process on `url`, configured as the settings configure them
+    (with their timeouts)."""
+    timeouts = settings.REDIS_TIMEOUTS
     return override_settings(
         REDIS_URL=url,
-        CACHES={
-            "default": {
-                "BACKEND": "django.core.cache.backends.redis.RedisCache",
-                "LOCATION": url,
-                "KEY_PREFIX": "nihil",
-            }
-        },
-        CHANNEL_LAYERS={
-            "default": {
-                "BACKEND": "channels_redis.core.RedisChannelLayer",
-                "CONFIG": {"hosts": [url]},
-            }
-        },
+        CACHES={"default": redis_clients.cache_config(url, timeouts)},
+        CHANNEL_LAYERS={"default": redis_clients.channel_layer_config(url, timeouts)},
         HITL_WEBHOOK_ALLOWED_NETWORKS=LOOPBACK,
     )
 
@@ -193,3 +188,93 @@ def test_decisions_survive_a_redis_outage_and_every_event_is_delivered_after(
         "kombu retries the connection"
     )
     assert figures["total_s"] < MAX_TOTAL_SECONDS
+
+
+# --- a frozen Redis ---------------------------------------------------------------------------
+
+# A frozen Redis accepts connections (the kernel completes the handshake) and never answers.
+# Each API call may pay a few bounded Redis timeouts (rate limit, on-commit kick); a loaded
+# CI machine gets a generous margin on top.
+FROZEN_MAX_REQUEST_SECONDS = 4.0
+HUNG = 60.0  # how long a request may run before the test calls it hung (before the fix: 150 s+)
+
+
+def timed_request(call: Any) -> tuple[Any, float]:
+    """Run one request in a thread, so a hung request fails the test instead of hanging it."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        started = time.monotonic()
+        try:
+            box["response"] = call()
+        except BaseException as exc:
+            box["error"] = exc
+        finally:
+            box["seconds"] = time.monotonic() - started
+            connection.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(HUNG)
+    assert not thread.is_alive(), f"the request was still waiting for Redis after {HUNG:.0f}s"
+    if "error" in box:
+        raise box["error"]
+    return box["response"], box["seconds"]
+
+
+def test_a_frozen_redis_does_not_hang_the_api_and_submits_are_not_duplicated(
+    world, private_redis
+):
+    """kill -STOP on Redis (a partition, a full server): list, submit and vote still answer
+    within seconds (the rate limit fails open, the on-commit kick gives up and logs), and the
+    submit the agent saw answered exists once, also after Redis comes back."""
+    url = private_redis.url()
+    with redis_settings(url), celery_broker(url, queue=unique_queue()):
+        agent = APIClient()
+        agent.credentials(HTTP_AUTHORIZATION=f"Bearer {token_for(world.submitter)}")
+        reviewer = APIClient()
+        reviewer.credentials(HTTP_AUTHORIZATION=f"Bearer {token_for(world.reviewer)}")
+        # With Redis up: warm every client's connection pool (the frozen server will hold
+        # these open connections, as in production).
+        warm = agent.post(
+            "/api/v1/proposals/",
+            {"checkpoint": world.checkpoint.slug, "title": "Before", "payload": {"n": 0}},
+            format="json",
+        )
+        assert warm.status_code == 201, warm.json()
+        assert reviewer.get("/api/v1/proposals/").status_code == 200
+
+        assert private_redis.proc is not None
+        private_redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            listed, list_s = timed_request(lambda: reviewer.get("/api/v1/proposals/"))
+            submitted, submit_s = timed_request(
+                lambda: agent.post(
+                    "/api/v1/proposals/",
+                    {"checkpoint": world.checkpoint.slug, "title": "During", "payload": {"n": 1}},
+                    format="json",
+                )
+            )
+            voted, vote_s = timed_request(
+                lambda: reviewer.post(
+                    f"/api/v1/proposals/{warm.json()['id']}/votes/",
+                    {"decision": "approve", "revision": 1},
+                    format="json",
+                )
+            )
+        finally:
+            private_redis.proc.send_signal(signal.SIGCONT)
+        assert listed.status_code == 200, listed.json()
+        assert submitted.status_code == 201, submitted.json()
+        assert voted.status_code == 201, voted.json()
+        assert voted.json()["status"] == "approved"
+        # Redis answers again: whatever it had buffered runs now; the submit stays one.
+        time.sleep(1)
+        assert Proposal.objects.filter(title="During").count() == 1
+        assert reviewer.get("/api/v1/proposals/").status_code == 200
+
+    print(
+        f"\nfrozen Redis: list {list_s * 1000:.0f} ms, submit {submit_s * 1000:.0f} ms, "
+        f"vote {vote_s * 1000:.0f} ms"
+    )
+    assert max(list_s, submit_s, vote_s) < FROZEN_MAX_REQUEST_SECONDS, (list_s, submit_s, vote_s)

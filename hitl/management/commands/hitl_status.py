@@ -1,14 +1,22 @@
+"""`manage.py hitl_status`: the queue per checkpoint and the liveness of worker and beat.
+
+Monitoring parses `--json`, so it always prints a report, also when Redis is down, frozen or
+the install's `up` is not running: `healthy` is false and `problems` says why (exit 1).
+"""
+
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db.models import Count, Min, Q
 from django.utils import timezone
 
-from hitl import heartbeat
+from hitl import embedded, heartbeat
 from proposals.models import OPEN_STATUSES, Checkpoint, Proposal, Status
 
 
@@ -47,26 +55,53 @@ def collect() -> dict[str, Any]:
                 "sla_breached": row.get("sla_breached", 0),
             }
         )
-    beats = heartbeat.read()
+    problems: list[str] = []
+    heartbeats: dict[str, Any] = {}
+    up_state = os.environ.get(embedded.UP_STATE_ENV)  # set by manage.py beside an `up` install
+    if up_state == "stopped":
+        # Its Redis is gone with it; any other Redis would show another install's processes.
+        problems.append(
+            f"`manage.py up` is not running (run dir {embedded.run_dir()}): its worker and "
+            "beat are stopped"
+        )
+    else:
+        try:
+            beats = heartbeat.read()
+        except Exception as exc:  # the cache client's errors vary; all mean "no answer"
+            problems.append(f"Redis unreachable at {_redacted(settings.REDIS_URL)}: {exc}")
+        else:
+            for b in beats:
+                heartbeats[b.name] = {
+                    "age_seconds": round(b.age_seconds, 1) if b.age_seconds is not None else None,
+                    "host": b.host,
+                    "stale": b.stale,
+                }
+                if b.stale:
+                    seen = "never seen" if b.age_seconds is None else "heartbeat is stale"
+                    problems.append(f"{b.name}: {seen}")
     return {
         "checked_at": now.isoformat(),
+        "up": up_state,
         "checkpoints": checkpoints,
-        "heartbeats": {
-            b.name: {
-                "age_seconds": round(b.age_seconds, 1) if b.age_seconds is not None else None,
-                "host": b.host,
-                "stale": b.stale,
-            }
-            for b in beats
-        },
-        "healthy": not any(b.stale for b in beats),
+        "heartbeats": heartbeats,
+        "problems": problems,
+        "healthy": not problems,
     }
+
+
+def _redacted(url: str) -> str:
+    """The Redis URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return scheme + sep + rest
 
 
 class Command(BaseCommand):
     help = (
         "Per checkpoint: enabled, bypass, pending, changes requested, oldest pending age, "
-        "overdue, SLA breaches; worker and beat heartbeats. Exit 1 when a heartbeat is stale."
+        "overdue, SLA breaches; worker and beat heartbeats. Exit 1 when unhealthy (a stale "
+        "heartbeat, Redis unreachable, the install's `up` not running)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -98,6 +133,8 @@ class Command(BaseCommand):
             text = "never seen" if age is None else f"{age:.0f}s ago on {beat['host']}"
             style = self.style.ERROR if beat["stale"] else self.style.SUCCESS
             self.stdout.write(style(f"{name:<7}{'STALE' if beat['stale'] else 'ok':<7}{text}"))
+        for problem in status["problems"]:
+            self.stdout.write(self.style.ERROR(f"unhealthy: {problem}"))
 
 
 def _age(seconds: int | None) -> str:

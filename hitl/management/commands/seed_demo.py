@@ -1,11 +1,12 @@
 """Demo data: the three example checkpoints, a quick-timeout one, people, an agent, proposals.
 
 Idempotent: checkpoints, users and groups are found by name, proposals by their demo
-`external_id`, so a second run adds nothing. Two things do change on every run, by design:
-- the demo agent gets a fresh API key (the previous demo key is revoked): only key hashes are
-  stored, so a fresh key is the only way to print a working one again;
-- passwords are generated only for users this run creates (or all with --reset-passwords) and
-  saved to the credentials file (mode 600) so `manage.py up` can show them on every start.
+`external_id`, so a second run adds nothing. Secrets are generated once and kept beside the
+credentials file (mode 600), so `manage.py up` shows the same ones on every start:
+- the demo agent's API key (only its hash is in the database, so the token itself is kept in
+  the key file); an agent configured with it keeps working across restarts. A new key (the
+  old one revoked) only with --rotate-key, or when the kept one no longer works;
+- passwords are generated only for users this run creates (or all with --reset-passwords).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from django.db import transaction
 from guardian.shortcuts import assign_perm
 
 from hitl import demo_history
-from hitl.keys import api_key_create, api_key_revoke, service_account_create
+from hitl.keys import api_key_create, api_key_find, api_key_revoke, service_account_create
 from hitl.models import ApiKey, ServiceAccount
 from proposals import permissions, services
 from proposals.models import Checkpoint, Proposal
@@ -34,6 +35,7 @@ from proposals.models import Checkpoint, Proposal
 AGENT = "demo-agent"
 AGENT_KEY_NAME = "demo"
 DEMO_PREFIX = "demo-"  # external_id prefix of seeded proposals
+MANAGERS_GROUP = "managers"
 
 # Model-level view permissions so staff reviewers and the manager can open the admin pages.
 STAFF_VIEW_PERMS = (
@@ -417,8 +419,11 @@ class _Seeder:
     def people(self, checkpoints: dict[str, Checkpoint]) -> Any:
         self.user("admin", "superuser", superuser=True)
         manager = self.user("manager", "manager: manages every checkpoint")
-        assign_perm(f"proposals.{permissions.MANAGE}", manager)  # model-level: all checkpoints
-        manager.user_permissions.add(*_perms(STAFF_VIEW_PERMS))
+        # The manager role: manage_checkpoint model-wide (every checkpoint, adding new ones)
+        # is all the admin asks for (proposals.admin.CheckpointAdmin).
+        managers, _ = Group.objects.get_or_create(name=MANAGERS_GROUP)
+        managers.permissions.add(*_perms((f"proposals.{permissions.MANAGE}", *STAFF_VIEW_PERMS)))
+        manager.groups.add(managers)
 
         view_perms = _perms(STAFF_VIEW_PERMS)
         for group_name, (slugs, members) in REVIEWER_GROUPS.items():
@@ -468,24 +473,54 @@ class _Seeder:
                     selected_option=vote.selected_option,
                 )
 
-    def api_key(self, agent: Any) -> str:
+    def api_key(self, agent: Any, *, kept: str, rotate: bool) -> str:
+        """The kept demo key while it still works, else a new one (earlier demo keys revoked)."""
+        if kept and not rotate:
+            found = api_key_find(kept)
+            if found is not None and found.user_id == agent.pk and found.name == AGENT_KEY_NAME:
+                return kept
         for old in ApiKey.objects.filter(user=agent, name=AGENT_KEY_NAME, revoked_at__isnull=True):
             api_key_revoke(api_key=old, revoked_by=None)
         return api_key_create(user=agent, name=AGENT_KEY_NAME).token
 
 
-def seed_demo(*, credentials_file: Path | None, reset_passwords: bool = False) -> SeedResult:
-    """Create (or complete) the demo data and mint a fresh demo API key."""
+def read_api_key(path: Path | None) -> str:
+    try:
+        return path.read_text().strip() if path is not None else ""
+    except FileNotFoundError:
+        return ""
+
+
+def write_api_key(path: Path, token: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    os.chmod(path, 0o600)
+
+
+def seed_demo(
+    *,
+    credentials_file: Path | None,
+    reset_passwords: bool = False,
+    api_key_file: Path | None = None,
+    rotate_key: bool = False,
+) -> SeedResult:
+    """Create (or complete) the demo data; keep the demo API key in `api_key_file` (a new one
+    when there is none that works, or with `rotate_key`)."""
     known = read_credentials(credentials_file)
+    kept = read_api_key(api_key_file)
     seeder = _Seeder(reset_passwords=reset_passwords, known=known)
     with transaction.atomic():
         checkpoints = seeder.checkpoints()
         agent = seeder.people(checkpoints)
         seeder.proposals(agent, checkpoints)
         demo_history.generate(agent=agent)  # weeks of decided history for the dashboard
-        token = seeder.api_key(agent)
+        token = seeder.api_key(agent, kept=kept, rotate=rotate_key)
     if credentials_file is not None:
         write_credentials(credentials_file, seeder.logins, known)
+    if api_key_file is not None and token != kept:
+        write_api_key(api_key_file, token)
     return SeedResult(
         api_key=token,
         logins=seeder.logins,
@@ -512,7 +547,7 @@ class Command(BaseCommand):
     help = (
         "Load demo data: the example checkpoints (inspection-schedule, policy-change, "
         "data-purchase, demo-quick-timeout), reviewers, a manager, an admin, the demo-agent "
-        "service account and a dozen proposals. Safe to re-run; prints a fresh demo API key."
+        "service account and a dozen proposals. Safe to re-run; prints the demo API key."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -521,6 +556,18 @@ class Command(BaseCommand):
             type=Path,
             default=None,
             help="where generated passwords are kept (default: .run/demo-credentials.txt)",
+        )
+        parser.add_argument(
+            "--api-key-file",
+            type=Path,
+            default=None,
+            help="where the demo agent's API key is kept (default: demo-api-key beside the "
+            "credentials file)",
+        )
+        parser.add_argument(
+            "--rotate-key",
+            action="store_true",
+            help="revoke the kept demo API key and create a new one",
         )
         parser.add_argument(
             "--reset-passwords",
@@ -542,7 +589,10 @@ class Command(BaseCommand):
             )
         credentials_file = options["credentials_file"] or default_credentials_file()
         result = seed_demo(
-            credentials_file=credentials_file, reset_passwords=options["reset_passwords"]
+            credentials_file=credentials_file,
+            reset_passwords=options["reset_passwords"],
+            api_key_file=options["api_key_file"] or credentials_file.parent / "demo-api-key",
+            rotate_key=options["rotate_key"],
         )
         if options["json"]:
             self.stdout.write(json.dumps(result.as_dict()))
@@ -564,7 +614,8 @@ class Command(BaseCommand):
             password = login.password or "(unchanged; see --reset-passwords)"
             lines.append(f"  {login.username:<9} {password:<20} {login.role}")
         lines += [
-            f"API key of the service account {AGENT!r} (shown once; earlier demo keys revoked):",
+            f"API key of the service account {AGENT!r} (kept across runs; --rotate-key for a "
+            "new one):",
             f"  {result.api_key}",
         ]
         return "\n".join(lines)

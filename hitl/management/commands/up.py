@@ -101,8 +101,14 @@ class Command(BaseCommand):
             "--run-dir",
             type=Path,
             default=None,
-            help="state of this install: Redis dir, secret key, beat schedule, demo logins "
-            "(default: .run/)",
+            help="state of this install: SQLite file, Redis dir, secret key, beat schedule, "
+            "demo logins and API key (default: $NIHIL_RUN_DIR or .run/)",
+        )
+        parser.add_argument(
+            "--rotate-demo-key",
+            action="store_true",
+            help="revoke the demo agent's API key and print a new one (it is otherwise kept "
+            "across restarts)",
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -113,10 +119,12 @@ class Command(BaseCommand):
         self.redis: embedded.EmbeddedRedis | None = None
         self.redis_pump: threading.Thread | None = None
         self.stop_signal: int | None = None
-        self.run_dir = options["run_dir"] or Path(
-            getattr(settings, "RUN_DIR", Path(settings.BASE_DIR) / ".run")
-        )
+        self.state_written = False
+        # manage.py put --run-dir into NIHIL_RUN_DIR before settings loaded (embedded.py),
+        # so settings.RUN_DIR is already this directory: SQLite file and key included.
+        self.run_dir = (options["run_dir"] or Path(settings.RUN_DIR)).resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.rotate_demo_key = options["rotate_demo_key"]
         host, port = options["host"], options["port"]
         if embedded.port_in_use(host, port):
             raise CommandError(f"Port {port} on {host} is already in use; pick another: --port.")
@@ -129,6 +137,7 @@ class Command(BaseCommand):
             env = self._environment()
             # Links in the demo's (console) emails point at this server.
             env.setdefault("HITL_PUBLIC_URL", f"http://{_connect_host(host)}:{port}")
+            self._publish_state(env, f"http://{_connect_host(host)}:{port}")
             seed = self._prepare(env, seed=not options["no_seed"])
             if self.stop_signal is not None:
                 return
@@ -151,8 +160,14 @@ class Command(BaseCommand):
         env = dict(os.environ)
         env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
         env.setdefault("DEBUG", "true")
-        if not env.get("SECRET_KEY"):
-            env["SECRET_KEY"] = embedded.load_or_create_secret_key(self.run_dir / "secret_key")
+        env[embedded.RUN_DIR_ENV] = str(self.run_dir)
+        key_file = self.run_dir / embedded.SECRET_KEY_NAME
+        self.secret_key_file: Path | None = None
+        if not env.get("SECRET_KEY") or (
+            key_file.exists() and env["SECRET_KEY"] == key_file.read_text().strip()
+        ):
+            env["SECRET_KEY"] = embedded.load_or_create_secret_key(key_file)
+            self.secret_key_file = key_file
         env["PYTHONUNBUFFERED"] = "1"
         # Prometheus multiprocess mode (README "For operators"): web and worker write their
         # counters under the run dir and /metrics sums them; emptied at each start.
@@ -169,9 +184,24 @@ class Command(BaseCommand):
             if self.redis.process.stdout is not None:
                 self.redis_pump = self.out.pump("redis", self.redis.process.stdout)
             env["REDIS_URL"] = self.redis.url
-            # Other commands of this install (hitl_status, create_api_key...) find it here.
-            (self.run_dir / embedded.REDIS_URL_FILE.name).write_text(self.redis.url + "\n")
         return env
+
+    def _publish_state(self, env: dict[str, str], base_url: str) -> None:
+        """<run dir>/up.json: how the other commands of this install (hitl_status,
+        create_api_key, ...) find its database, key and Redis while it runs (embedded.py)."""
+        self.state_written = True
+        embedded.write_up_state(
+            self.run_dir,
+            embedded.UpState(
+                pid=os.getpid(),
+                debug=env["DEBUG"],
+                redis_url=env["REDIS_URL"],
+                redis_embedded=self.redis is not None,
+                database_url=env.get("DATABASE_URL") or None,
+                secret_key_file=str(self.secret_key_file) if self.secret_key_file else None,
+                base_url=base_url,
+            ),
+        )
 
     def _manage(self, *args: str) -> list[str]:
         return [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), *args]
@@ -181,7 +211,11 @@ class Command(BaseCommand):
         self._step("static", self._manage("collectstatic", "--noinput", "-v", "0"), env)
         if not seed or self.stop_signal is not None:
             return None
-        argv = self._manage("seed_demo", "--json", "--credentials-file", str(self.credentials))
+        argv = self._manage(
+            *("seed_demo", "--json", "--credentials-file", str(self.credentials)),
+            *("--api-key-file", str(self.run_dir / "demo-api-key")),
+            *(["--rotate-key"] if self.rotate_demo_key else []),
+        )
         output = self._step("seed", argv, env, capture=True)
         try:
             result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
@@ -326,7 +360,6 @@ class Command(BaseCommand):
             if child.pump is not None:
                 child.pump.join(timeout=2)
         if self.redis is not None:
-            (self.run_dir / embedded.REDIS_URL_FILE.name).unlink(missing_ok=True)
             self.redis.stop()
             if self.redis_pump is not None:
                 self.redis_pump.join(timeout=2)
@@ -371,7 +404,8 @@ class Command(BaseCommand):
         if seed and seed.get("api_key"):
             key = seed["api_key"]
             lines += [
-                f"API key of the demo agent {seed.get('agent', '')!r} (new on every start):",
+                f"API key of the demo agent {seed.get('agent', '')!r} (kept across restarts; "
+                "--rotate-demo-key for a new one):",
                 f"  {key}",
                 f"  curl -H 'Authorization: Bearer {key}' {base}/api/v1/checkpoints/",
                 "",
