@@ -1042,6 +1042,12 @@ PATCH_TABLE: list[tuple[str, dict[str, Any], list[dict[str, Any]], Any]] = [
         "max_depth",
     ),
     (
+        "copying and removing past the copy budget",
+        {"a": "x" * 400},
+        [{"op": "copy", "from": "/a", "path": "/b"}, {"op": "remove", "path": "/b"}] * 3,
+        "max_copied_bytes",
+    ),
+    (
         "remove then add stays in bounds",
         {"a": "x" * 900},
         [{"op": "remove", "path": "/a"}, {"op": "add", "path": "/b", "value": "y" * 900}],
