@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -95,11 +96,11 @@ FULL = Sizes(
     votes=240,
     page_size=50,
     deep_pages=1000,
-    sweep_rows=2000,
+    sweep_rows=1000,
     ws_sockets=500,
     ws_rate=10,
     ws_seconds=30,
-    ws_drain=30,
+    ws_drain=60,
 )
 
 
@@ -123,7 +124,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--concurrency", type=int, help="load generator concurrency (full: 8)")
     parser.add_argument("--duration", type=float, help="seconds per measured stage (full: 8)")
-    parser.add_argument("--sweep-rows", type=int, help="due proposals per sweep (full: 2000)")
+    parser.add_argument("--sweep-rows", type=int, help="due proposals per sweep (full: 1000)")
     parser.add_argument("--ws-sockets", type=int, help="websockets (full: 500)")
     parser.add_argument("--ws-seconds", type=float, help="seconds of submits (full: 30)")
     parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(PATHS)}")
@@ -158,8 +159,8 @@ def sizes_for(args: argparse.Namespace) -> Sizes:
 def run_load(
     stack: Stack, product: bool, spec: dict[str, Any], during: Callable[[], Any] | None = None
 ) -> dict[str, Any]:
-    """One measured stage: the load generator in its own process; web (and worker) CPU
-    sampled right before and after the measured requests."""
+    """One measured stage: the load generator in its own process; web CPU sampled right
+    before and after the measured requests, the worker's until the outbox is relayed."""
     web = stack.product_web if product else stack.baseline_web
     process = subprocess.Popen(
         [PYTHON, "-m", "bench.load"],
@@ -174,6 +175,8 @@ def run_load(
     )
     process.stdin.flush()
     _expect(process, "ready")
+    if product:  # the warm-up's after-commit work is not this stage's
+        stack.wait_outbox_drained()
     web_cpu0 = sum(p.cpu_seconds() for p in web)
     worker_cpu0 = stack.worker.cpu_seconds() if product and stack.worker else 0.0
     process.stdin.write("go\n")
@@ -181,6 +184,7 @@ def run_load(
     side = during() if during else None
     _expect(process, "done")
     web_cpu = sum(p.cpu_seconds() for p in web) - web_cpu0
+    drain = stack.wait_outbox_drained() if product else None
     worker_cpu = (stack.worker.cpu_seconds() if product and stack.worker else 0.0) - worker_cpu0
     process.stdin.write("report\n")
     process.stdin.flush()
@@ -192,7 +196,9 @@ def run_load(
     result["web_cpu_ms_per_req"] = web_cpu * 1000 / done
     result["loadgen_cpu_ms_per_req"] = result.pop("loadgen_cpu_s") * 1000 / done
     if product:
+        # The worker's share includes relaying this stage's events (drain time below).
         result["worker_cpu_ms_per_req"] = worker_cpu * 1000 / done
+        result["relay_drain_s"] = drain
     return result
 
 
@@ -552,7 +558,7 @@ class Bench:
                     token=t["agent_token"],
                     count=s.bulk_count,
                     concurrency=s.bulk_concurrency,
-                    warmup=1 if s.duration else 0,
+                    warmup=0,  # the submits before it warmed the server up
                 ),
             )
             self._per_proposal(result, s.bulk_size)
@@ -731,6 +737,9 @@ class Bench:
                 continue
             self.log(f"rep {rep + 1}: {name}")
             result = self._sweepers("product", procs, self.stack.product_env(), seed=s.sweep_rows)
+            # How long the worker needs to relay the sweep's events (they reach webhooks and
+            # sockets only then); waiting also keeps that work out of the next measurement.
+            result["relay_drain_s"] = self.stack.wait_outbox_drained(timeout=600)
             self.record(name, "product", result)
             for kind, side in (("raw-update", "raw_update"), ("raw-audit", "baseline")):
                 schema.seed_items(base_dsn, s.sweep_rows, due_in_past=True, owner="agent", far=True)
@@ -786,6 +795,7 @@ class Bench:
             return
         s = self.sizes
         self.log(f"rep {rep + 1}: ws_fanout ({s.ws_sockets} sockets, {s.ws_rate}/s)")
+        self.stack.wait_outbox_drained()
         url = self.stack.product_urls[0]
         spec = {
             "ws_url": url.replace("http://", "ws://"),
@@ -888,6 +898,9 @@ def _git(*args: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # A SIGTERM (a CI timeout, a killed test) unwinds like Ctrl-C: the `finally` that stops
+    # the servers and drops the databases runs either way.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     results = Bench(args).run()
     if args.json:  # first: a results file survives whatever happens to the table
         args.json.parent.mkdir(parents=True, exist_ok=True)

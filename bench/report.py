@@ -19,16 +19,19 @@ HTTP_METRICS = {
     "p99_ms": ("p99 ms", False),
     "web_cpu_ms_per_req": ("web CPU ms/req", False),
     "worker_cpu_ms_per_req": ("worker CPU ms/req", False),
+    "relay_drain_s": ("relay catch-up s", False),
 }
 BULK_METRICS = {
     "proposals_per_s": ("proposals/s", True),
     "p50_ms": ("p50 ms (request)", False),
     "p99_ms": ("p99 ms (request)", False),
     "web_cpu_ms_per_proposal": ("web CPU ms/proposal", False),
+    "relay_drain_s": ("relay catch-up s", False),
 }
 SWEEP_METRICS = {
     "rows_per_s": ("rows/s", True),
     "sweeper_cpu_ms_per_row": ("sweeper CPU ms/row", False),
+    "relay_drain_s": ("relay catch-up s", False),
 }
 WS_METRICS = {
     "lost_messages": ("lost messages", False),
@@ -105,7 +108,43 @@ def summarize(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> dict[
     first = paths.get("queue_page_1", {}).get("metrics", {}).get("p99_ms", {})
     if deep.get("product") and first.get("product"):
         derived["queue_deep_p99_vs_page_1"] = deep["product"]["median"] / first["product"]["median"]
-    return {"meta": meta, "paths": paths, "derived": derived}
+    return {"meta": meta, "paths": paths, "derived": derived, "targets": targets(paths, derived)}
+
+
+def _median(paths: dict[str, Any], name: str, metric: str, side: str = "product") -> Any:
+    row = paths.get(name, {}).get("metrics", {}).get(metric, {})
+    return (row.get(side) or {}).get("median")
+
+
+def targets(paths: dict[str, Any], derived: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 10's ratio targets, as measured in this run (None: not measured)."""
+
+    def ratio(name: str, metric: str) -> float | None:
+        row = paths.get(name, {}).get("metrics", {}).get(metric, {})
+        value = row.get("ratio")
+        return float(value) if value is not None else None
+
+    checks: list[tuple[str, float | None, str, float]] = [
+        ("single submit req/s vs baseline", ratio("submit_queued", "rps"), ">=", 0.5),
+        ("single submit p99 vs baseline", ratio("submit_queued", "p99_ms"), "<=", 2.0),
+        (
+            "single submit web CPU vs baseline",
+            ratio("submit_queued", "web_cpu_ms_per_req"),
+            "<=",
+            3.0,
+        ),
+        ("bulk proposals/s vs single submit", derived.get("bulk_vs_single_submit"), ">=", 10.0),
+        ("two sweepers vs one", derived.get("two_sweepers_vs_one"), ">=", 1.6),
+        ("sweep rows/s vs raw UPDATE + chained audit", ratio("sweep_1", "rows_per_s"), ">=", 0.5),
+        ("queue deep page p99 vs page 1", derived.get("queue_deep_p99_vs_page_1"), "<=", 1.5),
+        ("websocket messages lost", _median(paths, "ws_fanout", "lost_messages"), "<=", 0),
+        ("websocket p99 commit->socket ms", _median(paths, "ws_fanout", "p99_ms"), "<=", 1000),
+    ]
+    out = []
+    for label, value, op, bound in checks:
+        met = None if value is None else (value >= bound if op == ">=" else value <= bound)
+        out.append({"target": f"{label} {op} {bound:g}", "value": value, "met": met})
+    return out
 
 
 def _fmt(value: float | None) -> str:
@@ -185,49 +224,76 @@ def table(summary: dict[str, Any]) -> str:
         lines.append("")
         for key, value in summary["derived"].items():
             lines.append(f"{key}: {value:.2f}x")
+    if summary.get("targets"):
+        lines += ["", "issue 10 targets (medians of this run):"]
+        for check in summary["targets"]:
+            verdict = {True: "met", False: "NOT met", None: "not measured"}[check["met"]]
+            value = "-" if check["value"] is None else _fmt(check["value"])
+            lines.append(f"  {check['target']:<55} {value:>10}  {verdict}")
     return "\n".join(lines)
 
 
 # --- profiles ------------------------------------------------------------------------------
 
-REQUEST_MARKER = "django/core/handlers/base.py"
+# Django runs a sync request in a thread that starts at the outermost middleware wrapper.
+REQUEST_MARKER = "django/core/handlers/exception.py"
+# Leaf frames of a thread that is parked, not working (event loop select, pool threads).
+# Runner.run is the leaf whenever uvloop runs its own C code, busy or parked: unknowable.
+IDLE_LEAVES = (
+    "select",
+    "poll",
+    "wait",
+    "sleep",
+    "_worker (concurrent/futures/thread.py",
+    "Runner.run",
+)
 
 
 def write_profile_summary(raw: Path, top: int = 40) -> Path | None:
-    """From py-spy's raw (collapsed) stacks: the share of request samples in which each
-    function appears (inclusive) and on top (self). Only stacks inside Django's request
-    handler count, so idle pool threads do not dilute the picture; waiting on PostgreSQL
-    or Redis shows as the socket call that waits (py-spy ran with --idle)."""
+    """From py-spy's raw (collapsed) stacks, recorded with --idle: for the request threads
+    (stacks inside Django's request handler), the share of their samples in which each
+    function appears (inclusive) and on top (self): waiting on PostgreSQL or Redis shows as
+    the socket call that waits. The rest of the process (the event loop: ASGI, request
+    bodies, responses) is listed by its busy samples, parked threads left out."""
     if not raw.exists():
         return None
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
-    total = requests = 0
+    other: Counter[str] = Counter()
+    total = requests = busy_other = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
         total += count
+        frames = stack.split(";")
         if REQUEST_MARKER not in stack:
+            leaf = frames[-1].split(" (")[0].lower()
+            if not any(word in leaf or word in frames[-1] for word in IDLE_LEAVES):
+                busy_other += count
+                other[frames[-1]] += count
             continue
         requests += count
-        frames = stack.split(";")
         for frame in set(frames):
             inclusive[frame] += count
         own[frames[-1]] += count
     out = raw.with_suffix(".txt")
     lines = [
-        f"py-spy samples: {total} in all, {requests} inside Django's request handler "
-        f"({REQUEST_MARKER}); percentages are of the latter.",
+        f"py-spy samples: {total} in all; {requests} in request threads (inside "
+        f"{REQUEST_MARKER}), the percentages below are of these; {busy_other} busy samples "
+        "elsewhere (event loop).",
         "",
-        f"## top {top} by inclusive share (the function or anything it called)",
+        f"## request threads: top {top} by inclusive share (the function or what it called)",
         "",
     ]
     for frame, count in inclusive.most_common(top):
         lines.append(f"{100 * count / max(requests, 1):6.1f}%  {frame}")
-    lines += ["", "## top 25 by self share (on top of the stack: running or waiting there)", ""]
+    lines += ["", "## request threads: top 25 by self share (running or waiting right there)", ""]
     for frame, count in own.most_common(25):
         lines.append(f"{100 * count / max(requests, 1):6.1f}%  {frame}")
+    lines += ["", "## outside request threads: top 15 busy leaf frames (share of those)", ""]
+    for frame, count in other.most_common(15):
+        lines.append(f"{100 * count / max(busy_other, 1):6.1f}%  {frame}")
     out.write_text("\n".join(lines) + "\n")
     return out

@@ -80,6 +80,10 @@ class Proc:
             f"{self.output()[-3000:]}"
         )
 
+    def terminate(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 15) -> None:
         try:
             if self.popen.poll() is None:
@@ -266,6 +270,24 @@ class Stack:
             _wait_http(url + "/healthz-does-not-matter")
         log("web processes and worker ready")
 
+    def outbox_pending(self) -> int:
+        with psycopg.connect(self.pg.dsn(self.product_db), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM notifications_outboxevent WHERE dispatched_at IS NULL"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def wait_outbox_drained(self, timeout: float = 300) -> float | None:
+        """Seconds until the worker has relayed every outbox row (None: not within
+        `timeout`). Stages wait for it so one stage's after-commit work does not land in the
+        next one's numbers."""
+        started = time.monotonic()
+        while self.outbox_pending():
+            if time.monotonic() - started > timeout:
+                return None
+            time.sleep(0.1)
+        return time.monotonic() - started
+
     def _start_redis(self) -> None:
         executable = shutil.which("redis-server")
         if executable is None:
@@ -318,10 +340,16 @@ class Stack:
         return done.stdout.decode()
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
-        self.procs.clear()
-        self.pg.drop_all()
+        """SIGTERM to all at once, then each is waited for (SIGKILL after its grace), then
+        the databases go."""
+        try:
+            for proc in self.procs:
+                proc.terminate()
+            for proc in reversed(self.procs):
+                proc.stop()
+            self.procs.clear()
+        finally:
+            self.pg.drop_all()
 
 
 def _wait_http(url: str, timeout: float = 120) -> None:

@@ -58,6 +58,8 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
                 connect_errors.append(repr(exc))
             ready.set()
 
+    phase_started = time.monotonic()
+    timings: dict[str, float] = {}
     tasks = []
     # Connect in small waves: a burst of 500 handshakes at once measures the accept queue.
     for number in range(sockets):
@@ -68,6 +70,8 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
     with contextlib.suppress(TimeoutError):  # who did not connect is counted below
         await asyncio.wait_for(hello.wait(), timeout=120)
 
+    timings["connect_s"] = time.monotonic() - phase_started
+    phase_started = time.monotonic()
     submitted: list[str] = []
     submit_errors: list[str] = []
     interval = 1.0 / spec["rate"]
@@ -105,12 +109,15 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
             pending.append(asyncio.create_task(submit(number)))
         await asyncio.gather(*pending)
 
+    timings["submit_s"] = time.monotonic() - phase_started
+    phase_started = time.monotonic()
     expected_ids = set(submitted)
     deadline = time.monotonic() + spec["drain_seconds"]
     while time.monotonic() < deadline:
         if all(expected_ids <= set(seen) for seen in received[:connected]):
             break
         await asyncio.sleep(0.2)
+    timings["drain_s"] = time.monotonic() - phase_started
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -129,6 +136,7 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
         "p50_ms": None if not latencies else percentile(latencies, 0.5) * 1000,  # type: ignore[operator]
         "p99_ms": None if not latencies else percentile(latencies, 0.99) * 1000,  # type: ignore[operator]
         "max_ms": None if not latencies else max(latencies) * 1000,
+        **timings,
         "errors": len(submit_errors) + (sockets - connected),
         "error_samples": (submit_errors + connect_errors)[:5],
     }
