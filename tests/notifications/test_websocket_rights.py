@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Group
 from django.test import Client
+from django.utils import timezone
 from guardian.shortcuts import remove_perm
 
 from hitl.keys import api_key_create, api_key_revoke
 from notifications import consumers, relay, tasks
 from proposals import services
 from proposals.permissions import REVIEW
-from tests.factories import submit, token_for
+from tests.factories import make_service_account, submit, token_for
 from tests.notifications.test_websockets import (
     ORIGIN,
     connect,
@@ -170,5 +172,46 @@ def test_open_session_socket_is_closed_after_logout(world):
         await sync_to_async(browser.logout)()
         await rita.send_json_to({"type": "ping"})
         assert await closed_with(rita) == consumers.CLOSE_UNAUTHENTICATED
+
+    run(scenario)
+
+
+def test_open_socket_of_an_expired_api_key_is_closed(world):
+    issued = api_key_create(
+        user=world.reviewer, name="short", expires_at=timezone.now() + timedelta(seconds=3)
+    )
+
+    async def scenario() -> None:
+        rita = socket("/ws/queue/", token=issued.token)
+        await hello(rita)
+        await rita.send_json_to({"type": "ping"})
+        assert await rita.receive_json_from(timeout=5) == {"type": "pong"}
+        await asyncio.sleep(3.5)  # no rights change: the expiry alone must close it
+        await rita.send_json_to({"type": "ping"})
+        assert await closed_with(rita) == consumers.CLOSE_UNAUTHENTICATED
+
+    run(scenario)
+
+
+def test_open_queue_socket_joins_a_checkpoint_granted_while_open(world):
+    token = token_for(world.reviewer)
+    other_approvers = Group.objects.get(name="other-approvers")
+
+    def submit_elsewhere() -> str:
+        submitter = make_service_account("agent-elsewhere", world.other_checkpoint)
+        pid = str(submit(submitter, world.other_checkpoint, title="elsewhere").pk)
+        relay.relay_all()
+        return pid
+
+    async def scenario() -> None:
+        rita = socket("/ws/queue/", token=token)
+        await hello(rita)
+        await sync_to_async(world.reviewer.groups.add)(other_approvers)
+        await rita.send_json_to({"type": "ping"})  # any message or ping re-checks
+        assert await rita.receive_json_from(timeout=5) == {"type": "pong"}
+        pid = await sync_to_async(submit_elsewhere)()
+        got, seen = await wait_for_message(rita, submitted(pid), timeout=10)
+        assert got is not None, seen
+        await rita.disconnect()
 
     run(scenario)
