@@ -28,14 +28,15 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from simple_history.admin import SimpleHistoryAdmin
 
+from hitl.checkpoint_forms import USER_FIELDS, CheckpointAgentForm, CheckpointGrantsForm
 from hitl.forms import (
     GROUP_FIELDS,
     BulkReasonForm,
     BypassForm,
-    CheckpointAdminForm,
     ManageForm,
     ReviewForm,
 )
+from hitl.grants import service_account_onboard, set_users, users_with
 from proposals import policy, selectors, services
 from proposals.errors import ApplicationError, NotFound
 from proposals.models import OPEN_STATUSES, Checkpoint, Decision, Proposal, Status
@@ -619,9 +620,18 @@ def _group_names(checkpoint: Checkpoint, codename: str) -> str:
     return ", ".join(g.name for g in groups_with(checkpoint, codename).order_by("name")) or "—"
 
 
+def _user_names(checkpoint: Checkpoint, codename: str) -> str:
+    return ", ".join(u.get_username() for u in users_with(checkpoint, codename)) or "—"
+
+
 @admin.register(Checkpoint)
 class CheckpointAdmin(VisibleHistoryMixin, SimpleHistoryAdmin):
-    form = CheckpointAdminForm
+    """Checkpoints for their managers: `manage_checkpoint` on a checkpoint (or globally, the
+    manager role) is all it takes to edit it, grant its permissions to groups or users, run
+    its bypass and connect an agent; adding a checkpoint needs the global role. Django's model
+    permissions are not asked for: the guardian grants are the one source of who manages."""
+
+    form = CheckpointGrantsForm
     list_display = ("slug", "name", "enabled", "mode", "quorum_rule", "timeout_seconds", "bypass")
     list_filter = ("enabled", "mode", "quorum_rule")
     search_fields = ("slug", "name", "description")
@@ -638,6 +648,7 @@ class CheckpointAdmin(VisibleHistoryMixin, SimpleHistoryAdmin):
                     "review_when",
                     "sample_rate",
                     "submitter_groups",
+                    "submitter_users",
                 )
             },
         ),
@@ -649,8 +660,11 @@ class CheckpointAdmin(VisibleHistoryMixin, SimpleHistoryAdmin):
                     "quorum_count",
                     "veto",
                     "approver_groups",
+                    "approver_users",
                     "escalation_groups",
+                    "escalation_users",
                     "manager_groups",
+                    "manager_users",
                 )
             },
         ),
@@ -687,11 +701,31 @@ class CheckpointAdmin(VisibleHistoryMixin, SimpleHistoryAdmin):
             return qs
         return qs.filter(pk__in=request_access(request).visible_checkpoint_ids)
 
+    def _global_manager(self, request: HttpRequest) -> bool:
+        """The manager role: manage_checkpoint granted model-wide (e.g. the "managers" group
+        seed_demo creates), or a superuser."""
+        user = request.user
+        return bool(user.is_active and (user.is_superuser or user.has_perm(f"proposals.{MANAGE}")))
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return super().has_module_permission(request) or bool(
+            request_access(request).visible_checkpoint_ids
+        )
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        visible = request_access(request).visible_checkpoint_ids
+        if obj is None:
+            return bool(visible) or super().has_view_permission(request)
+        return obj.pk in visible
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self._global_manager(request)
+
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # Editing a policy (and who holds it) is for managers of that checkpoint.
-        if not super().has_change_permission(request, obj):
-            return False
-        return obj is None or request_access(request).has(MANAGE, obj.pk)
+        if obj is None:
+            return self._global_manager(request) or bool(request_access(request).ids(MANAGE))
+        return request_access(request).has(MANAGE, obj.pk)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # proposals and audit events point at it: disable it instead
@@ -703,6 +737,67 @@ class CheckpointAdmin(VisibleHistoryMixin, SimpleHistoryAdmin):
         for name, codename in GROUP_FIELDS.items():
             if name in form.cleaned_data:
                 set_groups(form.instance, codename, form.cleaned_data[name])
+        for name, codename in USER_FIELDS.items():
+            if name in form.cleaned_data:
+                set_users(
+                    form.instance, codename, form.cleaned_data[name], actor=request_user(request)
+                )
+
+    # -- connecting an agent: a service account, its submit grant and its key at once --------
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path(
+                "<path:object_id>/agent/",
+                self.admin_site.admin_view(self.agent_view),
+                name="proposals_checkpoint_agent",
+            ),
+            *super().get_urls(),
+        ]
+
+    def agent_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        checkpoint = self.get_object(request, unquote(object_id))
+        if checkpoint is None:
+            raise Http404
+        if not self.has_change_permission(request, checkpoint):
+            raise PermissionDenied
+        form = CheckpointAgentForm(request.POST if request.method == "POST" else None)
+        if form.is_valid():
+            agent = service_account_onboard(
+                checkpoint=checkpoint,
+                username=form.cleaned_data["username"],
+                description=form.cleaned_data["description"],
+                key_name=form.cleaned_data["key_name"],
+                created_by=request_user(request),
+            )
+            messages.success(
+                request,
+                format_html(
+                    "Service account “{}” may now submit to {}. Its API key, shown only this "
+                    'once: <code class="hitl-token">{}</code>',
+                    agent.user.get_username(),
+                    checkpoint.slug,
+                    agent.key.token,
+                ),
+            )
+            messages.warning(
+                request,
+                f"Secret that signs its callback_url webhooks (shown once): {agent.signing_secret}",
+            )
+            return HttpResponseRedirect(
+                reverse("admin:proposals_checkpoint_change", args=[checkpoint.pk])
+            )
+        opts = self.model._meta
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Connect an agent to {checkpoint.slug}",
+            "opts": opts,
+            "form": form,
+            "help_text": "Creates a service account allowed to submit to this checkpoint, and "
+            "its first API key (shown once).",
+            "media": self.media + form.media,
+        }
+        return TemplateResponse(request, "admin/hitl/create_form.html", context)
 
     # -- emergency bypass: the audited services, never a plain field edit ------------------
 
@@ -786,3 +881,19 @@ class CheckpointAdmin(VisibleHistoryMixin, SimpleHistoryAdmin):
     @admin.display(description="submitter groups")
     def submitter_groups(self, obj: Checkpoint) -> str:
         return _group_names(obj, SUBMIT)
+
+    @admin.display(description="approver users")
+    def approver_users(self, obj: Checkpoint) -> str:
+        return _user_names(obj, REVIEW)
+
+    @admin.display(description="escalation users")
+    def escalation_users(self, obj: Checkpoint) -> str:
+        return _user_names(obj, REVIEW_ESCALATED)
+
+    @admin.display(description="manager users")
+    def manager_users(self, obj: Checkpoint) -> str:
+        return _user_names(obj, MANAGE)
+
+    @admin.display(description="submitter users")
+    def submitter_users(self, obj: Checkpoint) -> str:
+        return _user_names(obj, SUBMIT)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
+import time_machine
 from django.contrib.admin import helpers
 from django.contrib.auth.models import Permission
 from django.db import connection
@@ -15,6 +17,8 @@ from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 
 from audit.models import AuditEvent
+from hitl.checkpoint_forms import USER_FIELDS
+from hitl.grants import users_with
 from hitl.keys import api_key_authenticate
 from hitl.models import ApiKey, ServiceAccount
 from notifications.models import OutboxEvent
@@ -357,6 +361,50 @@ def test_manager_cancels_from_the_page(world: Any) -> None:
     )
 
 
+def test_revoke_is_offered_only_to_an_approver_of_the_approved_revision(world: Any) -> None:
+    """The page offered revoke to anyone who had approved any revision of the proposal; the
+    service refused all but approvers of the approved one. Both ask allowed_actions now."""
+    world.checkpoint.quorum_rule, world.checkpoint.quorum_count = "count", 2
+    world.checkpoint.save()
+    tess = UserFactory(username="tess")
+    tess.groups.add(world.reviewer.groups.get(name="approvers"))
+    proposal = submit(world.submitter, world.checkpoint, payload={"cost": 1})
+    services.vote_cast(
+        proposal_id=proposal.pk, reviewer=world.reviewer, decision="approve", revision=1
+    )
+    services.vote_cast(  # a new revision: rita's approve of revision 1 stops counting
+        proposal_id=proposal.pk,
+        reviewer=world.reviewer2,
+        decision="approve",
+        revision=1,
+        adjustments={"cost": 2},
+    )
+    decided, _ = services.vote_cast(
+        proposal_id=proposal.pk, reviewer=tess, decision="approve", revision=2
+    )
+    assert decided.status == Status.APPROVED
+
+    rita_page = reviewer_client(world.reviewer).get(change_url(proposal))
+    assert rita_page.context["can_revoke"] is False
+    raj_page = reviewer_client(world.reviewer2).get(change_url(proposal))
+    assert raj_page.context["can_revoke"] is True
+    refused = reviewer_client(world.reviewer).post(
+        f"{CHANGELIST}{proposal.pk}/manage/", {"action": "revoke", "reason": "no"}, follow=True
+    )
+    assert "Only a manager or an approver can revoke." in messages_of(refused)
+
+
+def test_review_form_is_gone_once_the_deadline_has_passed(world: Any) -> None:
+    world.checkpoint.timeout_seconds = 600
+    world.checkpoint.save()
+    proposal = submit(world.submitter, world.checkpoint)
+    rita = reviewer_client(world.reviewer)
+    assert rita.get(change_url(proposal)).context["review_form"] is not None
+    assert proposal.due_at is not None
+    with time_machine.travel(proposal.due_at + timedelta(seconds=1), tick=False):
+        assert rita.get(change_url(proposal)).context["review_form"] is None
+
+
 # --- bulk actions --------------------------------------------------------------------------
 
 
@@ -514,6 +562,8 @@ def checkpoint_form(cp: Checkpoint, **overrides: Any) -> dict[str, Any]:
         "escalation_groups": groups(REVIEW_ESCALATED),
         "manager_groups": groups(MANAGE),
         "submitter_groups": groups(SUBMIT),
+        # Direct user grants, as the page shows them selected (hitl.checkpoint_forms).
+        **{name: [u.pk for u in users_with(cp, code)] for name, code in USER_FIELDS.items()},
     }
     data.update(overrides)
     return data
