@@ -1,6 +1,6 @@
 """Backup and restore with the audit chain, as README "For operators" tells operators:
 pg_dump, pg_restore into an empty database, audit_verify and the recorded chain head on the
-restored copy. A row edited in the restored copy must make audit_verify fail."""
+restored copy (audit_verify's tamper detection itself: tests/audit/test_audit_verify.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 from audit.models import AuditEvent
 from tests.factories import submit
-from tests.processes import BASE_DIR, database_url, private_redis_db, subprocess_env
+from tests.processes import BASE_DIR, database_url, subprocess_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -33,16 +33,16 @@ def head(url: str) -> tuple[int, str]:
 
 
 def audit_verify(url: str) -> subprocess.CompletedProcess[str]:
-    with private_redis_db() as redis_url:
-        env = subprocess_env(redis_url, DATABASE_URL=url, NIHIL_SKIP_BOOTSTRAP="1")
-        return subprocess.run(
-            [PYTHON, "manage.py", "audit_verify", "--json"],
-            cwd=BASE_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+    # audit_verify reads only the database: the Redis URL is never contacted.
+    env = subprocess_env("redis://127.0.0.1:1/0", DATABASE_URL=url, NIHIL_SKIP_BOOTSTRAP="1")
+    return subprocess.run(
+        [PYTHON, "manage.py", "audit_verify", "--json"],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_a_restored_backup_verifies_and_keeps_the_recorded_chain_head(
@@ -70,20 +70,14 @@ def test_a_restored_backup_verifies_and_keeps_the_recorded_chain_head(
             check=True,
             timeout=120,
         )
+        # The source moves on after the backup: the restored copy must not.
+        submit(world.submitter, world.checkpoint, payload={"n": "after the backup"})
+        assert head(source)[0] > recorded[0]
         result = audit_verify(restored)
         assert result.returncode == 0, result.stdout + result.stderr
         report = json.loads(result.stdout)
         assert report["checked"] == recorded[0] and report["broken"] == 0
         assert head(restored) == recorded
-
-        # The check is real: an edited row in the restored copy (the append-only trigger
-        # disabled, as only a superuser can) is reported and fails the command.
-        with psycopg.connect(restored, autocommit=True) as conn:
-            conn.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER USER")
-            conn.execute("UPDATE audit_auditevent SET reason = 'edited' WHERE seq = 2")
-        tampered = audit_verify(restored)
-        assert tampered.returncode == 1, tampered.stdout + tampered.stderr
-        assert json.loads(tampered.stdout)["broken"] >= 1
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
