@@ -135,15 +135,15 @@ def webhook_url_validator(value: Any) -> None:
 
 @dataclass(frozen=True)
 class PinnedTarget:
-    """A URL and the one address it was checked against: delivery connects there and only
+    """A URL and the addresses it was checked against: delivery connects there and only
     there, so a resolver that answers differently the second time (DNS rebinding) is not
     asked a second time."""
 
     url: str
-    address: str
+    addresses: tuple[str, ...]  # every one allowed, in the resolver's order of preference
 
-    def request_url(self) -> httpx.URL:
-        return httpx.URL(self.url).copy_with(host=self.address)
+    def request_url(self, address: str) -> httpx.URL:
+        return httpx.URL(self.url).copy_with(host=address)
 
     def host_header(self) -> str:
         return httpx.URL(self.url).netloc.decode("ascii")
@@ -151,7 +151,7 @@ class PinnedTarget:
     def extensions(self) -> dict[str, Any]:
         parsed = httpx.URL(self.url)
         host = parsed.raw_host.decode("ascii")
-        if parsed.scheme != "https" or host == self.address:
+        if parsed.scheme != "https" or host in self.addresses:  # an IP literal: no SNI
             return {}
         # TLS: send the name as SNI and verify the certificate against it, not the address.
         return {"sni_hostname": host}
@@ -183,7 +183,7 @@ def resolve_target(url: str) -> PinnedTarget:
         addresses.append(str(address))
     if not addresses:
         raise UnsafeTarget(f"Cannot resolve {host}: no address")
-    return PinnedTarget(url=url, address=addresses[0])
+    return PinnedTarget(url=url, addresses=tuple(dict.fromkeys(addresses)))
 
 
 def check_target(url: str) -> None:
@@ -364,12 +364,21 @@ def deliver(delivery_id: Any, *, client: httpx.Client | None = None) -> str | No
             trust_env=False,
         )
         try:
-            response = own_client.post(
-                target.request_url(),
-                content=body.encode(),
-                headers=headers,
-                extensions=target.extensions(),
-            )
+            for n, address in enumerate(target.addresses, start=1):
+                try:
+                    response = own_client.post(
+                        target.request_url(address),
+                        content=body.encode(),
+                        headers=headers,
+                        extensions=target.extensions(),
+                    )
+                    break
+                except httpx.ConnectError:
+                    # Refused or unreachable (an IPv6 address on an IPv4-only host): the next
+                    # checked address, as a client resolving by itself would. Not on timeouts,
+                    # which would multiply the attempt's duration.
+                    if n == len(target.addresses):
+                        raise
         finally:
             if client is None:
                 own_client.close()

@@ -37,10 +37,11 @@ REAL_GETADDRINFO = socket.getaddrinfo
 
 
 class Resolver:
-    """Answers for the names in `answers` (one address per lookup, the last one repeating),
-    and asks the real resolver for everything else (IP literals, localhost)."""
+    """Answers for the names in `answers` (one answer per lookup, the last one repeating; an
+    answer is an address or a list of them), and asks the real resolver for everything else
+    (IP literals, localhost)."""
 
-    def __init__(self, answers: dict[str, list[str]]) -> None:
+    def __init__(self, answers: dict[str, list[Any]]) -> None:
         self.answers = {name: list(addresses) for name, addresses in answers.items()}
         self.lookups: list[str] = []
 
@@ -50,17 +51,20 @@ class Resolver:
             return REAL_GETADDRINFO(host, port, *args, **kwargs)
         self.lookups.append(name)
         queue = self.answers[name]
-        address = queue.pop(0) if len(queue) > 1 else queue[0]
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        sockaddr: tuple[Any, ...] = (address, int(port or 0))
-        if family == socket.AF_INET6:
-            sockaddr = (address, int(port or 0), 0, 0)
-        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr)]
+        answer = queue.pop(0) if len(queue) > 1 else queue[0]
+        infos = []
+        for address in [answer] if isinstance(answer, str) else answer:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            sockaddr: tuple[Any, ...] = (address, int(port or 0))
+            if family == socket.AF_INET6:
+                sockaddr = (address, int(port or 0), 0, 0)
+            infos.append((family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr))
+        return infos
 
 
 @pytest.fixture
-def resolver(monkeypatch: pytest.MonkeyPatch) -> Callable[[dict[str, list[str]]], Resolver]:
-    def install(answers: dict[str, list[str]]) -> Resolver:
+def resolver(monkeypatch: pytest.MonkeyPatch) -> Callable[[dict[str, list[Any]]], Resolver]:
+    def install(answers: dict[str, list[Any]]) -> Resolver:
         stub = Resolver(answers)
         monkeypatch.setattr(socket, "getaddrinfo", stub)
         return stub
@@ -126,8 +130,21 @@ def test_dns_rebinding_cannot_redirect_delivery_to_loopback(world, resolver, rec
     assert stub.lookups == ["hooks.rebind.test"]  # resolved once: checked, then connected
 
 
+def test_a_refused_connection_falls_back_to_the_next_checked_address(world, resolver, receiver_on):
+    recv = receiver_on("127.0.0.2")
+    assert recv.server is not None
+    port = recv.server.server_address[1]
+    # 127.0.0.3 has nothing listening on the port: refused, as an unreachable address is.
+    stub = resolver({"hooks.two.test": [["127.0.0.3", "127.0.0.2"], "127.0.0.1"]})
+    delivery = delivery_for(world, endpoint_row(f"http://hooks.two.test:{port}/hook"))
+    with override_settings(HITL_WEBHOOK_ALLOWED_NETWORKS=["127.0.0.2/32", "127.0.0.3/32"]):
+        assert webhooks.deliver(delivery.pk) == DeliveryStatus.DELIVERED
+    assert len(recv.requests) == 1
+    assert stub.lookups == ["hooks.two.test"]
+
+
 def test_a_name_with_any_non_public_address_is_refused(world, resolver):
-    resolver({"mixed.test": ["127.0.0.1"]})
+    resolver({"mixed.test": [["93.184.215.14", "127.0.0.1"]]})
     with pytest.raises(webhooks.UnsafeTarget, match="non-public"):
         webhooks.endpoint_create(name="x", url="https://mixed.test/hook")
 
@@ -173,8 +190,8 @@ def test_cgnat_is_refused_at_delivery_and_allowed_only_by_the_setting(world, res
 def test_a_public_address_passes(world, resolver):
     resolver({"hooks.example.test": ["93.184.215.14"]})
     target = webhooks.resolve_target("https://hooks.example.test/a?b=1")
-    assert target.address == "93.184.215.14"
-    assert str(target.request_url()) == "https://93.184.215.14/a?b=1"
+    assert target.addresses == ("93.184.215.14",)
+    assert str(target.request_url("93.184.215.14")) == "https://93.184.215.14/a?b=1"
     assert target.host_header() == "hooks.example.test"
     assert target.extensions() == {"sni_hostname": "hooks.example.test"}
 
