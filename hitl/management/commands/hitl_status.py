@@ -17,6 +17,7 @@ from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from hitl import embedded, heartbeat
+from hitl.ops import health, override
 from proposals.models import OPEN_STATUSES, Checkpoint, Proposal, Status
 
 
@@ -79,11 +80,20 @@ def collect() -> dict[str, Any]:
                 if b.stale:
                     seen = "never seen" if b.age_seconds is None else "heartbeat is stale"
                     problems.append(f"{b.name}: {seen}")
+    # The checks /readyz runs (one function); Redis trouble is already reported above.
+    readiness = health.run_checks()
+    problems += [
+        f"not ready: {name}: {check['error']}"
+        for name, check in readiness["checks"].items()
+        if not check["ok"] and name != "redis"
+    ]
     return {
         "checked_at": now.isoformat(),
         "up": up_state,
         "checkpoints": checkpoints,
         "heartbeats": heartbeats,
+        "readiness": readiness,
+        "override_alerts": override.status_rows(),
         "problems": problems,
         "healthy": not problems,
     }
@@ -101,7 +111,8 @@ class Command(BaseCommand):
     help = (
         "Per checkpoint: enabled, bypass, pending, changes requested, oldest pending age, "
         "overdue, SLA breaches; worker and beat heartbeats. Exit 1 when unhealthy (a stale "
-        "heartbeat, Redis unreachable, the install's `up` not running)."
+        "heartbeat, Redis unreachable, the install's `up` not running, a failed readiness check). "
+        "Also the readiness checks of GET /readyz and the override-rate alert per checkpoint."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -133,6 +144,24 @@ class Command(BaseCommand):
             text = "never seen" if age is None else f"{age:.0f}s ago on {beat['host']}"
             style = self.style.ERROR if beat["stale"] else self.style.SUCCESS
             self.stdout.write(style(f"{name:<7}{'STALE' if beat['stale'] else 'ok':<7}{text}"))
+        checks = status["readiness"]["checks"]
+        self.stdout.write(
+            "ready: "
+            + ", ".join(
+                f"{name} {'ok' if c['ok'] else 'FAILED'} ({c['latency_ms']:.0f} ms)"
+                for name, c in checks.items()
+            )
+        )
+        for alert in status["override_alerts"]:
+            rate = f"{alert['rate'] * 100:.1f} %" if alert["rate"] is not None else "-"
+            text = (
+                f"{alert['checkpoint']}: {rate} (threshold {alert['threshold'] * 100:.1f} %, "
+                f"{alert['overrides']} of the last {alert['decisions']} human decisions)"
+            )
+            if alert["active"]:
+                self.stdout.write(self.style.WARNING(f"override rate HIGH on {text}"))
+            else:
+                self.stdout.write(f"override rate ok on {text}")
         for problem in status["problems"]:
             self.stdout.write(self.style.ERROR(f"unhealthy: {problem}"))
 
