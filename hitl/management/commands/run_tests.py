@@ -7,6 +7,7 @@ Every argument is passed to pytest untouched: `manage.py run_tests -k vote -x`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -70,8 +71,29 @@ class Command(BaseCommand):
             DJANGO_SETTINGS_MODULE="config.settings.test",
             PYTHONUNBUFFERED="1",
         )
+        paths = [arg.split("::")[0] for arg in pytest_args if not arg.startswith("-")]
+        whole_suite = not any(Path(settings.BASE_DIR, path).exists() for path in paths)
+        client_code = run_client_tests(self.stderr.write) if whole_suite else 0
         argv = [sys.executable, "-m", "pytest", *pytest_args]
-        return subprocess.call(argv, env=env, cwd=Path(settings.BASE_DIR))
+        return subprocess.call(argv, env=env, cwd=Path(settings.BASE_DIR)) or client_code
+
+
+def run_client_tests(write: Any) -> int:
+    """The Python client's own tests (clients/python/tests), in an environment of their own
+    without Django: clients/python/.venv, rebuilt when the client's pyproject.toml changes.
+    Run with the whole suite, so that the client never comes to need the server's code."""
+    client = Path(settings.BASE_DIR) / "clients" / "python"
+    venv = client / ".venv"
+    python, stamp = venv / "bin" / "python", venv / ".pyproject.sha256"
+    digest = hashlib.sha256((client / "pyproject.toml").read_bytes()).hexdigest()
+    if not python.exists() or not stamp.exists() or stamp.read_text().strip() != digest:
+        write("Building clients/python/.venv (the client and its test extras, no Django) ...")
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        subprocess.run([*pip, "-e", f"{client}[webhooks,pydantic,test]"], check=True)
+        stamp.write_text(digest)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PYTEST_"))}
+    return subprocess.call([str(python), "-m", "pytest", "-q"], cwd=client, env=env)
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------

@@ -1,0 +1,3 @@
+from nihil_obstat.mcp.server import main
+
+main()

@@ -1,0 +1,102 @@
+"""`python -m nihil_obstat.mcp` driven by the official MCP SDK's client over stdio: an
+approval with an edit, a rejection, and a human wait longer than the client's timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+from mcp import ClientSession, StdioServerParameters, stdio_client
+
+from tests.clients.conftest import VENV_PYTHON, Desk
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db]
+
+EDIT = [{"op": "replace", "path": "/cost", "value": 120}]
+MAX_WAIT = 3.0  # the server's limit for one tool call
+CLIENT_TIMEOUT = 8.0  # the MCP client's own request timeout: longer than MAX_WAIT
+
+
+def decide_when_asked(desk: Desk, known: set[str], decide: Any) -> threading.Thread:
+    def work() -> None:
+        decide(desk.bruno.next_pending(known))
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread
+
+
+async def until_decided(session: ClientSession, result: dict[str, Any]) -> dict[str, Any]:
+    while result["status"] == "pending":
+        again = await session.call_tool(
+            "get_decision",
+            {"proposal_id": result["proposal_id"], "wait_seconds": MAX_WAIT},
+            read_timeout_seconds=CLIENT_TIMEOUT,
+        )
+        result = again.structured_content
+    return result
+
+
+def test_request_approval_over_stdio(desk: Desk) -> None:
+    server = StdioServerParameters(
+        command=VENV_PYTHON,
+        args=["-m", "nihil_obstat.mcp", "--max-wait", str(MAX_WAIT)],
+        env=desk.env(),
+    )
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append((done, total, message))
+
+    async def ask(session: ClientSession, cost: int) -> dict[str, Any]:
+        payload = {"cost": cost, "businesses": 40}
+        result = await session.call_tool(
+            "request_approval",
+            {"checkpoint": "data-purchase", "title": "Buy leads", "payload": payload},
+            read_timeout_seconds=CLIENT_TIMEOUT,
+            progress_callback=on_progress,
+        )
+        assert not result.is_error, result.content
+        return dict(result.structured_content)
+
+    async def scenario() -> None:
+        async with stdio_client(server) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            tools = {tool.name for tool in (await session.list_tools()).tools}
+            assert tools == {"request_approval", "get_decision", "list_checkpoints"}
+            listed = await session.call_tool("list_checkpoints", {})
+            assert "data-purchase" in str(listed.structured_content)
+
+            # Approved with an edit: the agent gets the edited payload.
+            thread = decide_when_asked(desk, desk.bruno.pending(), lambda p: desk.approve(p, EDIT))
+            approved = await until_decided(session, await ask(session, 250))
+            thread.join(30)
+            assert approved["approved"] and approved["edited"]
+            assert approved["approved_payload"] == {"cost": 120, "businesses": 40}
+            assert approved["edit_patch"] == EDIT
+
+            # Rejected: data, not an error, with the reviewer's reason.
+            thread = decide_when_asked(
+                desk, desk.bruno.pending(), lambda p: desk.bruno.vote(p, "reject", "no budget")
+            )
+            rejected = await until_decided(session, await ask(session, 260))
+            thread.join(30)
+            assert rejected["status"] == "rejected" and not rejected["approved"]
+            assert rejected["reason"] == "no budget"
+
+            # Nobody decides within the server's limit: the call returns, well inside the
+            # client's timeout, with a pending result; the decision is fetched later.
+            progress.clear()
+            pending = await ask(session, 270)
+            assert pending["status"] == "pending" and "get_decision" in pending["message"]
+            assert progress and progress[-1][1] == MAX_WAIT
+            desk.approve(pending["proposal_id"])
+            later = await until_decided(session, pending)
+            assert later["approved"] and later["approved_payload"] == {
+                "cost": 270,
+                "businesses": 40,
+            }
+
+    asyncio.run(scenario())
