@@ -53,7 +53,9 @@ def _as_jcs_numbers(value: Any) -> Any:
     """Every number as the IEEE double JSON means (RFC 8785 / I-JSON): 1e16, 10000000000000000
     and 1.0e16 are one value, whatever text or type a database hands back. Integers beyond
     2**53 therefore hash at double precision, as in every JCS implementation."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    if isinstance(value, str):
+        return _utf8(value)
+    if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
         try:
@@ -61,10 +63,20 @@ def _as_jcs_numbers(value: Any) -> Any:
         except OverflowError:  # beyond any double: no JSON number means it; keep the digits
             return str(value)
     if isinstance(value, dict):
-        return {key: _as_jcs_numbers(item) for key, item in value.items()}
+        return {_utf8(key): _as_jcs_numbers(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_as_jcs_numbers(item) for item in value]
     return value
+
+
+def _utf8(text: str) -> str:
+    """JSON's "\\ud800" parses to a lone surrogate, which SQLite stores and hands back but
+    RFC 8785 (UTF-8 only) refuses: hash its escape instead of failing the write."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _event_body(

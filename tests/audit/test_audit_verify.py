@@ -261,3 +261,22 @@ def test_audit_export_carries_the_hash_version(world: Any) -> None:
         call_command("audit_export", "--format", fmt, stdout=out)
         assert str(HASH_V2_JCS) in out.getvalue().splitlines()[-1]
         assert "hash_version" in out.getvalue()
+
+
+def test_lone_surrogates_hash_instead_of_failing_the_write() -> None:
+    """SQLite keeps what JSON's "\\ud800" parses to; RFC 8785 alone would refuse to encode it."""
+    fields: dict[str, Any] = {
+        "seq": 1,
+        "created_at": timezone.now(),
+        "actor_id": None,
+        "actor_label": "system",
+        "verb": "proposal.submitted",
+        "proposal_id": None,
+        "checkpoint_id": None,
+        "revision": None,
+        "reason": "",
+        "prev_hash": GENESIS_HASH,
+    }
+    lone = event_hash(data={"k\ud800": "\udc00"}, **fields)
+    other = event_hash(data={"k\ud801": "\udc00"}, **fields)
+    assert len(lone) == 64 and lone != other
