@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.db import connections
 from django.db.models import Prefetch, Q, QuerySet
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.lookups import Exact
 
 from audit.models import AuditEvent
 from proposals.errors import NotFound
@@ -63,10 +66,19 @@ def proposal_list(access: Access, filters: ProposalFilters) -> QuerySet[Proposal
     if filters.external_id:
         qs = qs.filter(external_id=filters.external_id)
     for key, value in (filters.labels or {}).items():
-        qs = qs.filter(labels__contains={key: value})
+        qs = qs.filter(_label_is(qs.db, key, value))
     return qs.select_related("checkpoint", "submitted_by", "claimed_by").order_by(
         "sla_due_at", "id"
     )
+
+
+def _label_is(db: str, key: str, value: str) -> Q | Exact:
+    """labels[key] == value. PostgreSQL: jsonb containment (`@>`), the form a GIN index on
+    labels serves. SQLite has no containment lookup (NotSupportedError): compare the key's text."""
+    if connections[db].vendor == "postgresql":
+        return Q(labels__contains={key: value})
+    # KeyTextTransform quotes the key into the JSON path itself, so any key is just a key.
+    return Exact(KeyTextTransform(key, "labels"), value)
 
 
 def after_cursor(qs: QuerySet[Proposal], sla_due_at: datetime, pk: uuid.UUID) -> QuerySet[Proposal]:

@@ -197,7 +197,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["hitl.api.parsers.StrictJSONParser"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "hitl.api.schema.APIAutoSchema",  # documents the error responses
     "EXCEPTION_HANDLER": "hitl.api.errors.exception_handler",
     "DEFAULT_THROTTLE_CLASSES": [
         "hitl.api.throttling.AnonThrottle",

@@ -1,4 +1,8 @@
-"""One exception handler: every API error is `{"error": {"code", "message", "details"}}`."""
+"""One exception handler: every API error is `{"error": {"code", "message", "details"}}`.
+
+In every mode: Django answers its own HTML pages when DEBUG is on (the technical 404 and 500
+pages never reach handler404/handler500), so the API answers its 404s from a catch-all route
+and its unexpected exceptions from this handler, whatever DEBUG says."""
 
 from __future__ import annotations
 
@@ -8,10 +12,13 @@ from typing import Any
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.urls import Resolver404, resolve
 from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
 
 from proposals.errors import ApplicationError
 
@@ -39,7 +46,20 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 
     response = drf_exception_handler(exc, context)
     if response is None:
-        return None  # a real bug: let Django log it and answer 500 (JSON via handler500)
+        # A real bug. Logged with its traceback as Django would, answered in the documented
+        # shape (Django's DEBUG page would be HTML, and would show settings to the caller).
+        request = context.get("request")
+        logger.error(
+            "Internal Server Error: %s",
+            getattr(request, "path", "?"),
+            exc_info=exc,
+            extra={"status_code": 500, "request": getattr(request, "_request", request)},
+        )
+        set_rollback()
+        return Response(
+            error_body("server_error", "Internal server error."),
+            status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        )
     if isinstance(exc, exceptions.ValidationError):
         body = error_body("invalid", "Invalid input.", _details(exc.detail))
     elif isinstance(exc, exceptions.APIException):
@@ -67,6 +87,21 @@ def _details(detail: Any) -> Any:
 
 def _is_api(request: HttpRequest) -> bool:
     return request.path.startswith("/api/")
+
+
+@csrf_exempt  # a POST to an unknown path is a 404, not a CSRF failure page
+def api_not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
+    """The API's last route: an unknown /api/ path is a JSON 404 with DEBUG on as well (no
+    redirect to an added slash either: a client should fix its URL, not follow HTML)."""
+    details = {}
+    if not request.path.endswith("/"):
+        try:
+            match = resolve(request.path + "/")
+        except Resolver404:
+            match = None
+        if match is not None and match.url_name != "api-not-found":
+            details = {"hint": f"API paths end with a slash: {request.path}/"}
+    return JsonResponse(error_body("not_found", "Not found.", details), status=404)
 
 
 def handler404(request: HttpRequest, exception: Exception) -> HttpResponse:

@@ -53,6 +53,24 @@ class StrictURLField(_StringOnly, serializers.URLField):
     pass
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "format": "uri", "maxLength": 500},
+            {"type": "string", "enum": [""]},
+        ],
+        "description": "an absolute URL, or empty for none",
+    }
+)
+class OptionalURLField(StrictURLField):
+    """A URL or "" for none (the schema says so: "" is not a `format: uri`)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_blank", True)
+        kwargs.setdefault("max_length", 500)
+        super().__init__(**kwargs)
+
+
 class StrictChoiceField(_StringOnly, serializers.ChoiceField):
     """String choices only (`"5"` may be a choice; `5` is not)."""
 
@@ -142,6 +160,7 @@ STRICT_LEAVES: tuple[type[serializers.Field], ...] = (
     StrictCharField,
     StrictSlugField,
     StrictURLField,
+    OptionalURLField,
     StrictChoiceField,
     StrictIntegerField,
     StrictFloatField,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -30,8 +30,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         moment = datetime.fromisoformat(sla)
         if moment.tzinfo is None:
             raise ValueError("naive")
-        return moment, uuid.UUID(pk)
-    except (ValueError, TypeError, json.JSONDecodeError):
+        # In UTC, as the database compares it: 0001-01-01T00:00:00+14:00 is before year 1 and
+        # 9999-12-31T23:59:59-14:00 after 9999, which overflow there (OverflowError, a 500).
+        return moment.astimezone(UTC), uuid.UUID(pk)
+    except (ValueError, TypeError, OverflowError, json.JSONDecodeError):
         raise InvalidInput("Invalid cursor.", details={"cursor": "invalid"}) from None
 
 

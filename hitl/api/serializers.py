@@ -12,6 +12,7 @@ from hitl.api.fields import (
     AnyJSONField,
     InputSerializer,
     JSONObjectField,
+    OptionalURLField,
     StrictCharField,
     StrictChoiceField,
     StrictDecimalField,
@@ -54,12 +55,18 @@ class ProposalInputSerializer(InputSerializer):
         child=StrictCharField(max_length=200, allow_blank=True), required=False, default=dict
     )
     external_id = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
-    callback_url = StrictURLField(
+    callback_url = OptionalURLField(
         max_length=500,
         required=False,
         allow_blank=True,
         default="",
         validators=[webhook_url_validator],
+    )
+    # DESIGN §6: the proposal's own JSON Schema (wins over the checkpoint's; checked by the
+    # service) and its own timeout (at most the checkpoint's).
+    payload_schema = JSONObjectField(required=False, allow_null=True, default=None)
+    timeout_seconds = StrictIntegerField(
+        min_value=1, max_value=2**31 - 1, required=False, allow_null=True, default=None
     )
 
 
@@ -133,6 +140,7 @@ class ProposalOutputSerializer(serializers.ModelSerializer[Proposal]):
     claimed_by = serializers.CharField(
         source="claimed_by.username", read_only=True, allow_null=True, default=None
     )
+    callback_url = OptionalURLField(read_only=True)
 
     class Meta:
         model = Proposal
@@ -149,6 +157,8 @@ class ProposalOutputSerializer(serializers.ModelSerializer[Proposal]):
             "impact",
             "region",
             "labels",
+            "payload_schema",
+            "timeout_seconds",
             "external_id",
             "callback_url",
             "submitted_by",

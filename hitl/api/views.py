@@ -20,6 +20,7 @@ from hitl.api import serializers as s
 from hitl.api.errors import exception_handler as api_exception_handler
 from hitl.api.idempotency import run_idempotent
 from hitl.api.pagination import paginate
+from hitl.api.schema import page_of
 from proposals import selectors, services
 from proposals.errors import ApplicationError, InvalidInput
 from proposals.models import Proposal, Status
@@ -52,7 +53,10 @@ class BaseView(APIView):
 
 
 class CheckpointListView(BaseView):
-    @extend_schema(responses=s.CheckpointOutputSerializer(many=True))
+    @extend_schema(
+        operation_id="v1_checkpoints_list",
+        responses=page_of(s.CheckpointOutputSerializer(), "CheckpointList", paginated=False),
+    )
     def get(self, request: Request) -> Response:
         checkpoints = selectors.checkpoint_list(self.access)
         return Response({"results": s.CheckpointOutputSerializer(checkpoints, many=True).data})
@@ -90,11 +94,12 @@ def _submit_one(view: BaseView, data: Any, idempotency_key: str | None) -> Propo
 
 class ProposalListCreateView(BaseView):
     @extend_schema(
+        operation_id="v1_proposals_list",
         parameters=[s.ProposalListQuerySerializer],
-        responses=s.ProposalOutputSerializer(many=True),
+        responses=page_of(s.ProposalOutputSerializer(), "ProposalPage", paginated=True),
     )
     def get(self, request: Request) -> Response:
-        query = s.ProposalListQuerySerializer(data=request.query_params)
+        query = s.ProposalListQuerySerializer(data=_query_data(request, lists={"label"}))
         query.is_valid(raise_exception=True)
         q = query.validated_data
         labels: dict[str, str] = {}
@@ -172,6 +177,14 @@ class ProposalBulkView(BaseView):
         return run_idempotent(request, "proposals.bulk", submit_all)
 
 
+def _query_data(request: Request, lists: set[str]) -> dict[str, Any]:
+    """The query string as plain data. Not the QueryDict itself: DRF reads an empty
+    `?checkpoint=` from a QueryDict as "absent" and would ignore it, where the schema (and a
+    typo'd client) deserve a 400."""
+    params = request.query_params
+    return {k: params.getlist(k) if k in lists else params.get(k) for k in params}
+
+
 def _csv(value: str | None) -> list[str] | None:
     return [part for part in value.split(",") if part] if value else None
 
@@ -189,7 +202,11 @@ class ProposalWaitView(BaseView):
     POLL_SECONDS = 0.5
 
     @extend_schema(
-        parameters=[OpenApiParameter("timeout", int, description="seconds, at most 60")],
+        parameters=[
+            OpenApiParameter(
+                "timeout", float, description="seconds, default 30, at most HITL_WAIT_MAX_SECONDS"
+            )
+        ],
         responses=s.ProposalDetailOutputSerializer,
     )
     def get(self, request: Request, proposal_id: str) -> Response:
@@ -286,7 +303,7 @@ class ClaimView(BaseView):
         )
         return self.detail_response(proposal)
 
-    @extend_schema(request=None, responses=s.ProposalDetailOutputSerializer)
+    @extend_schema(request=None, responses={200: s.ProposalDetailOutputSerializer})
     def delete(self, request: Request, proposal_id: str) -> Response:
         selectors.proposal_get(self.access, proposal_id)
         proposal = services.proposal_release(
@@ -298,7 +315,10 @@ class ClaimView(BaseView):
 
 
 class EventListView(BaseView):
-    @extend_schema(responses=s.AuditEventOutputSerializer(many=True))
+    @extend_schema(
+        operation_id="v1_proposals_events_list",
+        responses=page_of(s.AuditEventOutputSerializer(), "AuditEventList", paginated=False),
+    )
     def get(self, request: Request, proposal_id: str) -> Response:
         events = selectors.proposal_events(self.access, proposal_id)
         return Response({"results": s.AuditEventOutputSerializer(events, many=True).data})

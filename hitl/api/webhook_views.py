@@ -12,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from hitl.api import serializers as s
+from hitl.api.schema import page_of
 from hitl.api.views import BaseView
 from notifications import webhooks
 from notifications.models import WebhookEndpoint
@@ -32,7 +33,10 @@ class _WebhookBase(BaseView):
 
 
 class WebhookListCreateView(_WebhookBase):
-    @extend_schema(responses=s.WebhookEndpointOutputSerializer(many=True))
+    @extend_schema(
+        operation_id="v1_webhooks_list",
+        responses=page_of(s.WebhookEndpointOutputSerializer(), "WebhookList", paginated=False),
+    )
     def get(self, request: Request) -> Response:
         data = s.WebhookEndpointOutputSerializer(self.endpoints(), many=True).data
         return Response({"results": data})
