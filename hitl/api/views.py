@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 
 from hitl.api import serializers as s
 from hitl.api.errors import exception_handler as api_exception_handler
-from hitl.api.idempotency import run_idempotent
+from hitl.api.idempotency import run_idempotent, run_idempotent_steps
 from hitl.api.pagination import paginate
 from hitl.api.schema import page_of
 from proposals import selectors, services
@@ -152,29 +152,34 @@ class ProposalBulkView(BaseView):
         if len(items) > settings.HITL_BULK_MAX:
             raise InvalidInput(f"At most {settings.HITL_BULK_MAX} proposals per request.")
 
-        def submit_all(key: str | None) -> tuple[int, dict[str, Any]]:
-            results = []
-            for index, item in enumerate(items):
-                try:
-                    # Each item in its own savepoint: one bad item never undoes the others.
-                    with transaction.atomic():
-                        # Idempotency is per request here (the record below); items carry
-                        # no domain key, so they can never collide with single submits.
-                        proposal = _submit_one(self, item, None)
-                    results.append(
-                        {
-                            "index": index,
-                            "status": 201,
-                            "proposal": s.ProposalOutputSerializer(proposal).data,
-                        }
-                    )
-                except (ApplicationError, APIException) as exc:
-                    error = api_exception_handler(exc, {})
-                    assert error is not None  # both kinds always map to a response
-                    results.append({"index": index, "status": error.status_code, **error.data})
-            return status.HTTP_200_OK, {"results": results}
+        def submit_item(index: int, item_key: str | None) -> dict[str, Any]:
+            if item_key is not None:
+                # A retry after a crash: this item was created (and committed) the first time.
+                done = Proposal.objects.filter(
+                    submitted_by=self.user, idempotency_key=item_key
+                ).first()
+                if done is not None:
+                    return {
+                        "index": index,
+                        "status": 201,
+                        "proposal": s.ProposalOutputSerializer(done).data,
+                    }
+            try:
+                # Each item in its own transaction: one bad item never undoes the others, and
+                # the audit chain's lock is held for one item at a time, never for the batch.
+                with transaction.atomic():
+                    proposal = _submit_one(self, items[index], item_key)
+            except (ApplicationError, APIException) as exc:
+                error = api_exception_handler(exc, {})
+                assert error is not None  # both kinds always map to a response
+                return {"index": index, "status": error.status_code, **error.data}
+            return {
+                "index": index,
+                "status": 201,
+                "proposal": s.ProposalOutputSerializer(proposal).data,
+            }
 
-        return run_idempotent(request, "proposals.bulk", submit_all)
+        return run_idempotent_steps(request, "proposals.bulk", len(items), submit_item)
 
 
 def _query_data(request: Request, lists: set[str]) -> dict[str, Any]:
