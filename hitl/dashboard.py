@@ -36,12 +36,10 @@ from django.db.models import (
     Aggregate,
     CharField,
     Count,
-    Exists,
     F,
     FloatField,
     Func,
     IntegerField,
-    OuterRef,
     Q,
     QuerySet,
 )
@@ -182,16 +180,18 @@ def _top_option_sql() -> str:
     with the outer query's proposals_proposal row (Proposal's table)."""
     if connection.vendor == "postgresql":
         return (
+            "CASE WHEN proposals_proposal.options = '[]'::jsonb THEN NULL ELSE "
             "(SELECT o.value->>'key' FROM jsonb_array_elements("
             "CASE WHEN jsonb_typeof(proposals_proposal.options) = 'array' "
             "THEN proposals_proposal.options ELSE '[]'::jsonb END"
             ") WITH ORDINALITY AS o(value, idx) ORDER BY CASE WHEN "
             "jsonb_typeof(o.value->'confidence') = 'number' THEN (o.value->>'confidence')::float "
-            "ELSE 0 END DESC, o.idx LIMIT 1)"
+            "ELSE 0 END DESC, o.idx LIMIT 1) END"
         )
     return (
+        "CASE WHEN json_array_length(proposals_proposal.options) = 0 THEN NULL ELSE "
         "(SELECT json_extract(o.value, '$.key') FROM json_each(proposals_proposal.options) AS o "
-        "ORDER BY COALESCE(json_extract(o.value, '$.confidence'), 0) DESC, o.key LIMIT 1)"
+        "ORDER BY COALESCE(json_extract(o.value, '$.confidence'), 0) DESC, o.key LIMIT 1) END"
     )
 
 
@@ -213,34 +213,43 @@ def _population(checkpoints: Iterable[Checkpoint], window: Window) -> QuerySet[P
 HUMAN = Q(resolution=Resolution.REVIEWERS, status__in=[Status.APPROVED, Status.REJECTED])
 
 
+def _decision_seconds() -> SecondsBetween:
+    return SecondsBetween(F("created_at"), F("decided_at"))
+
+
 def _rates(qs: QuerySet[Proposal]) -> dict[str, Any]:
-    annotated = qs.annotate(
-        edited=Exists(Revision.objects.filter(proposal=OuterRef("pk"), kind=RevisionKind.EDITED)),
-        asked_changes=Exists(
-            Vote.objects.filter(proposal=OuterRef("pk"), decision=Decision.REQUEST_CHANGES)
-        ),
-        top_option=RawSQL(_top_option_sql(), (), output_field=CharField()),  # noqa: S611
-    )
-    override = HUMAN & (
-        ~Q(status=Status.APPROVED)
-        | Q(edited=True)
-        | Q(asked_changes=True)
-        | (Q(top_option__isnull=False) & ~Q(selected_option=F("top_option")))
-    )
     approved_by_humans = Q(resolution=Resolution.REVIEWERS, status=Status.APPROVED)
     decided_for_sla = Q(resolution__in=[Resolution.REVIEWERS, Resolution.TIMEOUT])
-    row = annotated.aggregate(
+    # One scan of the window without subqueries for the plain counts...
+    row = qs.aggregate(
         submitted=Count("pk"),
         open=Count("pk", filter=Q(status__in=OPEN_STATUSES)),
         by_policy=Count("pk", filter=Q(resolution__in=[Resolution.POLICY, Resolution.BYPASS])),
         human=Count("pk", filter=HUMAN),
         human_approved=Count("pk", filter=approved_by_humans),
-        overridden=Count("pk", filter=override),
-        modified=Count("pk", filter=approved_by_humans & Q(edited=True)),
         escalations=Count("pk", filter=Q(escalated_at__isnull=False)),
         timeouts=Count("pk", filter=Q(resolution=Resolution.TIMEOUT)),
         sla_decided=Count("pk", filter=decided_for_sla),
         sla_met=Count("pk", filter=decided_for_sla & Q(decided_at__lte=F("sla_due_at"))),
+        p50_seconds=Percentile(_decision_seconds(), 0.5, filter=Q(resolution=Resolution.REVIEWERS)),
+        p90_seconds=Percentile(_decision_seconds(), 0.9, filter=Q(resolution=Resolution.REVIEWERS)),
+    )
+    # ...then overrides over the reviewer-decided rows only: edits and change requests as
+    # semi-joins (hashed once, not probed per row), the top option only where there are options.
+    edited = Revision.objects.filter(kind=RevisionKind.EDITED).values("proposal_id")
+    asked_changes = Vote.objects.filter(decision=Decision.REQUEST_CHANGES).values("proposal_id")
+    human = qs.filter(HUMAN).annotate(
+        top_option=RawSQL(_top_option_sql(), (), output_field=CharField()),  # noqa: S611
+    )
+    override = (
+        ~Q(status=Status.APPROVED)
+        | Q(pk__in=edited)
+        | Q(pk__in=asked_changes)
+        | (Q(top_option__isnull=False) & ~Q(selected_option=F("top_option")))
+    )
+    row |= human.aggregate(
+        overridden=Count("pk", filter=override),
+        modified=Count("pk", filter=Q(status=Status.APPROVED, pk__in=edited)),
     )
     return {
         "counts": row,
@@ -425,7 +434,6 @@ def summary(checkpoints: list[Checkpoint], window: Window) -> dict[str, Any]:
     qs = _population(checkpoints, window)
     rates = _rates(qs)
     counts = rates.pop("counts")
-    overall = _timing(qs, None)[0]
     by_checkpoint = {c.pk: c.slug for c in checkpoints}
     return {
         "window": {
@@ -445,9 +453,9 @@ def summary(checkpoints: list[Checkpoint], window: Window) -> dict[str, Any]:
         },
         "rates": rates,
         "time_to_decision": {
-            "p50_seconds": overall["p50_seconds"],
-            "p90_seconds": overall["p90_seconds"],
-            "decided": overall["decided"],
+            "p50_seconds": _round(counts["p50_seconds"]),
+            "p90_seconds": _round(counts["p90_seconds"]),
+            "decided": counts["human"],
             "by_checkpoint": [
                 {**row, "checkpoint": by_checkpoint.get(row.pop("checkpoint_id"), "?")}
                 for row in _timing(qs, "checkpoint_id")

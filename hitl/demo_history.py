@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
@@ -25,7 +26,8 @@ from proposals import services
 from proposals.errors import ApplicationError
 from proposals.models import Checkpoint, Proposal, Revision, Status, Vote
 
-PREFIX = "demo-history-"
+# Not under seed_demo's "demo-" prefix: its counts and checks are about the example proposals.
+PREFIX = "history-"
 
 
 @dataclass(frozen=True)
@@ -64,9 +66,11 @@ def _payload(plan: Plan, rng: random.Random) -> dict[str, Any]:
     return {"site": rng.choice(SITES), "visits_per_year": rng.choice((2, 4, 6, 12))}
 
 
-def generate(*, agent: Any, days: int = 21, seed: int = 7) -> int:
-    """Create `days` of decided history for the demo checkpoints; the number created."""
-    if Proposal.objects.filter(external_id__startswith=PREFIX).exists():
+def generate(*, agent: Any, days: int | None = None, seed: int = 7) -> int:
+    """Create `days` (default: settings.HITL_DEMO_HISTORY_DAYS; 0 = none) of decided history
+    for the demo checkpoints; the number of proposals created."""
+    days = settings.HITL_DEMO_HISTORY_DAYS if days is None else days
+    if not days or Proposal.objects.filter(external_id__startswith=PREFIX).exists():
         return 0
     rng = random.Random(seed)
     checkpoints = {

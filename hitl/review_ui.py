@@ -187,13 +187,14 @@ def read_edit(
         raw = data.get(item.name)
         try:
             if item.widget == "checkbox":
-                edited[item.key] = raw == "on"
+                edited[item.key] = item.value = raw == "on"
                 continue
             text = (raw or "").strip()
             if not text:
                 if item.required:
                     raise ValueError("required")
                 edited.pop(item.key, None)
+                item.value = None
                 continue
             if item.widget == "number":
                 edited[item.key] = _number(text, item.step)
@@ -203,6 +204,7 @@ def read_edit(
                 raise ValueError("not one of the choices")
             else:
                 edited[item.key] = text
+            item.value = edited[item.key]  # the form shows what the reviewer entered
         except ValueError as exc:
             item.error = "Not valid JSON." if item.widget == "json" else str(exc).capitalize()
             item.value = raw

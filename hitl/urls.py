@@ -12,6 +12,7 @@ urlpatterns = [
     path("queue/<str:proposal_id>/decide/", views.decide, name="proposal-decide"),
     path("queue/<str:proposal_id>/edit/", views.edit_and_approve, name="proposal-edit"),
     path("queue/<str:proposal_id>/claim/", views.claim, name="proposal-claim"),
+    path("queue/<str:proposal_id>/withdraw/", views.cancel_or_revoke, name="proposal-withdraw"),
     path("dashboard/", views.dashboard, name="dashboard"),
     path("dashboard/apply-threshold/", views.apply_threshold, name="dashboard-apply"),
     path("connect/", views.connect, name="connect"),

@@ -335,8 +335,13 @@ def proposal_page(request: HttpRequest, proposal_id: str) -> HttpResponse:
             "may_vote": may_vote and not voted,
             "voted": voted,
             "may_claim": allowed.claim,
+            "may_cancel": allowed.cancel,
+            "may_revoke": allowed.revoke,
             "claimed_by_me": proposal.claimed_by_id == access.user_id,
             "reason_on": [str(d) for d in checkpoint.require_reason_on or []],
+            "reason_on_text": " or ".join(
+                str(d).replace("_", " ") for d in checkpoint.require_reason_on or []
+            ),
             "recommendation": _recommendation(proposal),
             "options": sorted(
                 [o for o in proposal.options or [] if isinstance(o, dict)],
@@ -538,6 +543,33 @@ def claim(request: HttpRequest, proposal_id: str) -> HttpResponse:
     if _wants_json(request):
         return JsonResponse({"ok": True, "message": text})
     messages.success(request, text)
+    return redirect("proposal-page", proposal_id=proposal.pk)
+
+
+@login_required
+@require_POST
+def cancel_or_revoke(request: HttpRequest, proposal_id: str) -> HttpResponse:
+    """Cancel an open proposal (its submitter or a manager) or revoke an approval inside the
+    revocation window (a manager or an approver): the API's services, with a reason."""
+    user = _user(request)
+    access = access_for(user)
+    proposal = _proposal_or_404(access, proposal_id)
+    reason = request.POST.get("reason", "")
+    action = request.POST.get("action")
+    try:
+        if action == "revoke":
+            services.proposal_revoke(
+                proposal_id=proposal.pk, actor=user, reason=reason, access=access
+            )
+        elif action == "cancel":
+            services.proposal_cancel(
+                proposal_id=proposal.pk, actor=user, reason=reason, access=access
+            )
+        else:
+            raise Http404
+    except ApplicationError as exc:
+        return _refusal(request, access, str(proposal.pk), exc, proposal.revision)
+    messages.success(request, "Revoked." if action == "revoke" else "Cancelled.")
     return redirect("proposal-page", proposal_id=proposal.pk)
 
 

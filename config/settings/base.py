@@ -342,6 +342,9 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_VERBOSE = False
+LOGGING["loggers"]["axes"] = {"level": "WARNING"}  # type: ignore[index]  # one line per login otherwise
+# Days of decided history `seed_demo` generates for the dashboard (hitl.demo_history); 0: none.
+HITL_DEMO_HISTORY_DAYS = env_int("HITL_DEMO_HISTORY_DAYS", 21, minimum=0)
 
 # --- Operations: health, Prometheus metrics, the override-rate alert (hitl.ops, issue 11) ----
 # /metrics is off (404) until one of these is set: a bearer token the scraper sends, and/or

@@ -370,3 +370,39 @@ def test_login_and_logout(world: Any) -> None:
     assert response.status_code == 302 and response["Location"] == "/queue/"
     assert client.post("/accounts/logout/").status_code == 302
     assert client.get("/queue/").status_code == 302
+
+
+def test_cancel_and_revoke_from_the_page_follow_the_permission_rules(world: Any) -> None:
+    proposal = submit(world.submitter, world.checkpoint)
+    reviewer = browser_for(world.reviewer)
+    assert "Cancel this proposal" not in reviewer.get(f"/queue/{proposal.pk}/").content.decode()
+    reviewer.post(f"/queue/{proposal.pk}/withdraw/", {"action": "cancel", "reason": "no"})
+    proposal.refresh_from_db()
+    assert proposal.status == Status.PENDING  # a reviewer may not cancel
+    manager = browser_for(world.manager)
+    assert "Cancel this proposal" in manager.get(f"/queue/{proposal.pk}/").content.decode()
+    manager.post(f"/queue/{proposal.pk}/withdraw/", {"action": "cancel", "reason": "dup"})
+    proposal.refresh_from_db()
+    assert proposal.status == Status.CANCELLED
+
+    approved = submit(world.submitter, world.checkpoint)
+    reviewer.post(f"/queue/{approved.pk}/decide/", {"decision": "approve", "revision": 1})
+    page = reviewer.get(f"/queue/{approved.pk}/").content.decode()
+    assert "Revoke: reject it after all" in page  # the approver, inside the window
+    response = reviewer.post(
+        f"/queue/{approved.pk}/withdraw/", {"action": "revoke", "reason": ""}, follow=True
+    )
+    assert "A reason is required to revoke" in response.content.decode()
+    reviewer.post(f"/queue/{approved.pk}/withdraw/", {"action": "revoke", "reason": "wrong"})
+    approved.refresh_from_db()
+    assert approved.status == Status.REJECTED and approved.resolution == "revoked"
+
+
+def test_edit_preview_keeps_the_reviewers_values_in_the_form(world: Any) -> None:
+    proposal = submit(world.submitter, world.checkpoint, payload={"cost": 450, "urgent": True})
+    preview = browser_for(world.reviewer).post(
+        f"/queue/{proposal.pk}/edit/", {"step": "preview", "revision": 1, "f-0": "90"}
+    )
+    form = preview.content.decode().split('id="edit-form"')[1]
+    assert 'value="90"' in form and 'value="450"' not in form
+    assert 'name="f-1" checked' not in form  # unticked stays unticked

@@ -63,6 +63,13 @@ def vote(proposal: Proposal, username: str, decision: str = "approve", **kw: Any
     return updated
 
 
+@pytest.fixture(autouse=True)
+def _no_demo_history(settings: Any) -> None:
+    # The generated weeks of history have their own test (tests/hitl/test_dashboard.py);
+    # these tests are about the example data, and fast without it.
+    settings.HITL_DEMO_HISTORY_DAYS = 0
+
+
 @pytest.fixture
 def seeded(tmp_path: Path) -> dict[str, Any]:
     return seed(tmp_path)
