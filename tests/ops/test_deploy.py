@@ -35,6 +35,7 @@ from tests.processes import (
 
 DEPLOY = BASE_DIR / "deploy"
 INSTALL_DIR = "/opt/nihil-obstat"  # where the units expect the checkout
+TOKEN = "deploy-test-metrics-token-0123456789"
 
 
 def unit_service_section(path: Path) -> dict[str, list[str]]:
@@ -70,7 +71,8 @@ class TcpRelay:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
         listener.listen(64)
-        self.listener = listener
+        with self.lock:
+            self.listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def _accept(self, listener: socket.socket) -> None:
@@ -86,6 +88,10 @@ class TcpRelay:
                 client.close()
                 continue
             with self.lock:
+                if self.listener is not listener:  # accepted while stop() ran: cut it too
+                    client.close()
+                    server.close()
+                    continue
                 self.conns += [client, server]
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
@@ -99,11 +105,11 @@ class TcpRelay:
                 sock.shutdown(socket.SHUT_RDWR)
 
     def stop(self) -> None:
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
         with self.lock:
+            listener, self.listener = self.listener, None
             conns, self.conns = self.conns, []
+        if listener is not None:
+            listener.close()
         for sock in conns:
             with suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -148,6 +154,7 @@ def test_the_web_unit_command_serves_readyz_503_without_its_database_and_200_aga
             SECRET_KEY="deploy-test-secret-key-0123456789abcdefghijklmnop",
             HITL_READYZ_TIMEOUT_SECONDS="2",
             DB_POOL_TIMEOUT="3",
+            HITL_METRICS_TOKEN=TOKEN,
         )
         web = Proc(argv, env, tmp_path / "web.log")
         try:
@@ -170,6 +177,13 @@ def test_the_web_unit_command_serves_readyz_503_without_its_database_and_200_aga
             assert checks["database"]["ok"] is False and checks["database"]["error"]
             assert checks["redis"]["ok"] is True
             assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200  # still alive
+            # /metrics still answers, saying which source it could not read.
+            scrape = httpx.get(
+                f"{base}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+            )
+            assert scrape.status_code == 200
+            assert 'nihil_scrape_source_up{source="database"} 0.0' in scrape.text, scrape.text
+            assert 'nihil_scrape_source_up{source="redis"} 1.0' in scrape.text
 
             db_relay.start()  # back, on the same address
             wait_until(lambda: readyz().status_code == 200, 60, "/readyz 200 again", step=0.5)
