@@ -50,11 +50,11 @@ def test_request_approval_over_stdio(desk: Desk) -> None:
     async def on_progress(done: float, total: float | None, message: str | None) -> None:
         progress.append((done, total, message))
 
-    async def ask(session: ClientSession, cost: int) -> dict[str, Any]:
+    async def ask(session: ClientSession, cost: int, **more: Any) -> dict[str, Any]:
         payload = {"cost": cost, "businesses": 40}
         result = await session.call_tool(
             "request_approval",
-            {"checkpoint": "data-purchase", "title": "Buy leads", "payload": payload},
+            {"checkpoint": "data-purchase", "title": "Buy leads", "payload": payload, **more},
             read_timeout_seconds=CLIENT_TIMEOUT,
             progress_callback=on_progress,
         )
@@ -92,6 +92,11 @@ def test_request_approval_over_stdio(desk: Desk) -> None:
             pending = await ask(session, 270)
             assert pending["status"] == "pending" and "get_decision" in pending["message"]
             assert progress and progress[-1][1] == MAX_WAIT
+            # Asking again (a retried tool call) finds the same proposal; another run asks anew.
+            again = await ask(session, 270, wait_seconds=0)
+            assert again["proposal_id"] == pending["proposal_id"]
+            other = await ask(session, 270, wait_seconds=0, run_id="another-task")
+            assert other["proposal_id"] != pending["proposal_id"]
             desk.approve(pending["proposal_id"])
             later = await until_decided(session, pending)
             assert later["approved"] and later["approved_payload"] == {

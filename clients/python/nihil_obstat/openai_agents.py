@@ -14,7 +14,8 @@ derived from the run id and the tool call id, so asking again (after a restart) 
 same proposal. A reviewer's edit reaches the tool: the SDK refuses to change the arguments of
 an approved call, so the wrapper `tool()` puts on the tool substitutes the approved payload
 when the call runs. A rejection, a change request, a timeout or a cancel is a rejection in
-the run state, with the reviewer's reason as the message the model sees.
+the run state, with the reviewer's reason as the message the model sees. The wrapped tool
+never runs for a call whose proposal the humans have not approved, whatever the run state says.
 
 Needs the `[openai-agents]` extra.
 """
@@ -75,12 +76,14 @@ class AgentApprovals:
 
         async def with_approved_arguments(ctx: ToolContext[Any], arguments: str) -> Any:
             approved = self._approved.get(ctx.tool_call_id)
-            if approved is None:  # e.g. resumed by another AgentApprovals: ask the server
+            if approved is None:
+                # Approved in the run state by something other than `apply` (another
+                # AgentApprovals, `always_approve`, a hand-edited state): the server decides.
                 proposal = await self._submit(ctx.tool_name, ctx.tool_call_id, arguments)
-                approved = proposal.approved_payload
-            if approved is not None:
-                arguments = json.dumps(approved)
-            return await invoke(ctx, arguments)
+                if not proposal.approved:
+                    return f"Not run: no human approved this call ({proposal.status})."
+                approved = proposal.approved_payload or {}
+            return await invoke(ctx, json.dumps(approved))
 
         tool.on_invoke_tool = with_approved_arguments
         return tool

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import time
+import uuid
 from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -48,6 +49,9 @@ def result_of(proposal: Proposal) -> dict[str, Any]:
 
 
 def build_server(client: AsyncClient, *, max_wait: float = DEFAULT_MAX_WAIT) -> MCPServer:
+    # An approval answers one request, not every identical one for days: without a run_id
+    # from the agent, equal requests share a proposal only within this server's lifetime.
+    session_run_id = f"mcp-{uuid.uuid4()}"
     server = MCPServer(
         "nihil-obstat",
         instructions=(
@@ -79,16 +83,20 @@ def build_server(client: AsyncClient, *, max_wait: float = DEFAULT_MAX_WAIT) -> 
         confidence: float | None = None,
         context: dict[str, Any] | None = None,
         wait_seconds: float | None = None,
+        run_id: str | None = None,
     ) -> dict[str, Any]:
         """Ask humans to approve an action before doing it. `payload` is the action's
         parameters; reviewers may edit them. Waits for the decision (at most `wait_seconds`,
         bounded by the server's limit) and returns it; if humans are still deciding, returns
-        status "pending" with a proposal_id for get_decision."""
+        status "pending" with a proposal_id for get_decision. The same title and payload
+        asked again with the same `run_id` (default: this server process) return the same
+        proposal; a new `run_id` asks the humans again."""
         proposal = await client.submit(
             checkpoint,
             title,
             payload,
-            action="mcp:request_approval",
+            action=f"mcp:{title}",
+            run_id=run_id or session_run_id,
             summary=summary or None,
             confidence=confidence,
             context=context,
