@@ -25,6 +25,7 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 
 from config import redis_clients
+from hitl.api import throttling
 from notifications import tasks, webhooks
 from notifications.models import DeliveryStatus, OutboxEvent, WebhookDelivery
 from proposals.models import Proposal
@@ -39,6 +40,15 @@ THREADS = 10
 # request. Generous bounds for a loaded CI machine.
 MAX_REQUEST_SECONDS = 2.0
 MAX_TOTAL_SECONDS = 60.0
+
+
+@pytest.fixture(autouse=True)
+def _throttle_breaker_closed() -> Any:
+    """A test that makes the rate limit fail leaves the process skipping it for a while;
+    the next test starts with the breaker closed."""
+    throttling.breaker._until = 0.0
+    yield
+    throttling.breaker._until = 0.0
 
 
 def redis_settings(url: str) -> override_settings:
@@ -222,9 +232,7 @@ def timed_request(call: Any) -> tuple[Any, float]:
     return box["response"], box["seconds"]
 
 
-def test_a_frozen_redis_does_not_hang_the_api_and_submits_are_not_duplicated(
-    world, private_redis
-):
+def test_a_frozen_redis_does_not_hang_the_api_and_submits_are_not_duplicated(world, private_redis):
     """kill -STOP on Redis (a partition, a full server): list, submit and vote still answer
     within seconds (the rate limit fails open, the on-commit kick gives up and logs), and the
     submit the agent saw answered exists once, also after Redis comes back."""
@@ -278,3 +286,27 @@ def test_a_frozen_redis_does_not_hang_the_api_and_submits_are_not_duplicated(
         f"vote {vote_s * 1000:.0f} ms"
     )
     assert max(list_s, submit_s, vote_s) < FROZEN_MAX_REQUEST_SECONDS, (list_s, submit_s, vote_s)
+
+
+def test_a_frozen_redis_is_asked_once_then_the_rate_limit_is_skipped_for_a_while(
+    world, private_redis, caplog
+):
+    """Each lookup on a frozen Redis costs a socket timeout: after the first, the process
+    stops asking for SKIP_AFTER_FAILURE_SECONDS instead of charging every request again."""
+    url = private_redis.url()
+    with redis_settings(url), celery_broker(url, queue=unique_queue()):
+        reviewer = APIClient()
+        reviewer.credentials(HTTP_AUTHORIZATION=f"Bearer {token_for(world.reviewer)}")
+        assert reviewer.get("/api/v1/proposals/").status_code == 200
+        assert private_redis.proc is not None
+        private_redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            with caplog.at_level("WARNING", logger="hitl.api.throttling"):
+                answers = [timed_request(lambda: reviewer.get("/api/v1/proposals/"))[0]]
+                answers += [timed_request(lambda: reviewer.get("/api/v1/proposals/"))[0]]
+                answers += [timed_request(lambda: reviewer.get("/api/v1/proposals/"))[0]]
+        finally:
+            private_redis.proc.send_signal(signal.SIGCONT)
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    skipped = [r for r in caplog.records if "rate limiting skipped" in r.getMessage()]
+    assert len(skipped) == 1, [r.getMessage() for r in skipped]
