@@ -413,3 +413,14 @@ def test_tls_certificate_for_another_name_is_a_recorded_failure(world, resolver,
     attempt = DeliveryAttempt.objects.get(delivery=delivery)
     assert attempt.status_code is None
     assert "CERTIFICATE_VERIFY_FAILED" in attempt.error or "hostname" in attempt.error.lower()
+
+
+@pytest.mark.parametrize("url", ["http://example.com:99999/hook", "https://100.64.0.1/"])
+def test_the_admin_refuses_a_malformed_or_non_global_webhook_url(world, admin_client, url):
+    response = admin_client.post(
+        "/admin/notifications/webhookendpoint/add/",
+        {"name": "bad", "url": url, "active": "on"},
+    )
+    assert response.status_code == 200  # the form again, with the error; not a 500
+    assert "errorlist" in response.content.decode()
+    assert not WebhookEndpoint.objects.exists()
