@@ -100,6 +100,16 @@ HTTP_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 
+
+def never_raise(what: str, record: Callable[[], object]) -> None:
+    """Metrics are a by-product: a full disk or a broken multiprocess directory must never
+    fail the request, the delivery or the relay that is being measured."""
+    try:
+        record()
+    except Exception:
+        logger.warning("metrics: could not record %s", what, exc_info=True)
+
+
 DECISION_TOPICS = frozenset(
     {"proposal.approved", "proposal.rejected", "proposal.cancelled", "proposal.revoked"}
 )
@@ -143,7 +153,7 @@ def relayed(events: Sequence[OutboxEvent]) -> None:
 def _after_relay_commit(batch: list[_Relayed]) -> None:
     human_decided: set[int] = set()
     for item in batch:
-        _count(item)
+        never_raise(item.topic, partial(_count, item))
         if (
             item.topic in DECISION_TOPICS
             and item.payload.get("resolution") in HUMAN_RESOLUTIONS
@@ -187,8 +197,9 @@ def webhook_attempt(status_code: int | None, error: str, duration_ms: int) -> No
         result = "refused"
     else:
         result = "network_error"
-    WEBHOOK_DELIVERIES.labels(result).inc()
-    WEBHOOK_DURATION.labels(result).observe(duration_ms / 1000)
+    seconds = duration_ms / 1000
+    never_raise("a webhook attempt", lambda: WEBHOOK_DELIVERIES.labels(result).inc())
+    never_raise("a webhook attempt", lambda: WEBHOOK_DURATION.labels(result).observe(seconds))
 
 
 # --- HTTP latency -------------------------------------------------------------------------
@@ -210,7 +221,10 @@ class RequestMetricsMiddleware:
         view = (match.view_name or match.route or "unnamed") if match else "unmatched"
         method = request.method if request.method in _METHODS else "other"
         status = f"{response.status_code // 100}xx"
-        HTTP_DURATION.labels(view, method, status).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        never_raise(
+            "a request", lambda: HTTP_DURATION.labels(view, method, status).observe(elapsed)
+        )
         return response
 
 
@@ -381,9 +395,12 @@ def _mark_dead(pid: int | None = None) -> None:
 def connect_process_exit_hooks() -> None:
     """Drop an exiting process's live-gauge files (its counters stay: they are history).
     Celery's pool processes leave through worker_process_shutdown; web processes through
-    atexit."""
-    if not multiprocess_dir():
+    atexit. Also makes sure the directory exists: prometheus-client writes there on the
+    first increment and would fail every one without it."""
+    directory = multiprocess_dir()
+    if not directory:
         return
+    Path(directory).mkdir(parents=True, exist_ok=True)
     from celery.signals import worker_process_shutdown
 
     atexit.register(_mark_dead)

@@ -159,9 +159,10 @@ def _announce(checkpoint: Checkpoint, topic: str, stats: Window, threshold: floa
 
 
 def _after_commit(checkpoint_id: int, topic: str, data: dict[str, Any]) -> None:
-    from hitl.ops.metrics import OVERRIDE_CROSSINGS
+    from hitl.ops.metrics import OVERRIDE_CROSSINGS, never_raise
 
-    OVERRIDE_CROSSINGS.labels(data["checkpoint"], "high" if topic == HIGH else "normal").inc()
+    state = "high" if topic == HIGH else "normal"
+    never_raise(topic, lambda: OVERRIDE_CROSSINGS.labels(data["checkpoint"], state).inc())
     checkpoint = Checkpoint.objects.get(pk=checkpoint_id)
     recipients = [u.email for u in holders(checkpoint, MANAGE) if u.email]
     if not recipients:

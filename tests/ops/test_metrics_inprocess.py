@@ -9,6 +9,7 @@ from django.db import transaction
 from django.test import Client, override_settings
 from prometheus_client import REGISTRY
 
+from hitl.ops import metrics
 from notifications import relay, tasks
 from proposals import services
 from tests.factories import submit
@@ -86,3 +87,15 @@ def test_http_latency_is_labelled_by_view_not_path(client: Client) -> None:
     client.get("/no/such/page/123")
     unmatched = {"view": "unmatched", "method": "GET", "status": "4xx"}
     assert REGISTRY.get_sample_value("nihil_http_request_duration_seconds_count", unmatched)
+
+
+def test_a_metrics_failure_never_fails_the_request(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full_disk(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(metrics.HTTP_DURATION, "labels", full_disk)
+    monkeypatch.setattr(metrics.WEBHOOK_DELIVERIES, "labels", full_disk)
+    assert client.get("/healthz").status_code == 200
+    metrics.webhook_attempt(200, "", 12)  # a delivery's bookkeeping goes on too
