@@ -1,16 +1,19 @@
-"""`python -m nihil_obstat.mcp` driven by the official MCP SDK's client over stdio: an
-approval with an edit, a rejection, and a human wait longer than the client's timeout."""
+"""`python -m nihil_obstat.mcp` driven by the official MCP SDK's client over stdio: an approval
+with an edit, a rejection, and a human wait longer than the client's timeout; then once over
+streamable HTTP."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
 from tests.clients.conftest import VENV_PYTHON, Desk
+from tests.processes import Proc, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 
@@ -105,3 +108,43 @@ def test_request_approval_over_stdio(desk: Desk) -> None:
             }
 
     asyncio.run(scenario())
+
+
+def test_streamable_http_transport(desk: Desk, tmp_path: Path) -> None:
+    from mcp.client.streamable_http import streamable_http_client
+
+    port = free_port()
+    arguments = ["--transport", "streamable-http", "--port", str(port), "--max-wait", "3"]
+    server = Proc(
+        [VENV_PYTHON, "-m", "nihil_obstat.mcp", *arguments],
+        desk.env(),
+        tmp_path / "mcp-http.log",
+    )
+    try:
+        server.wait_for(r"Uvicorn running on")
+
+        async def scenario() -> dict[str, Any]:
+            url = f"http://127.0.0.1:{port}/mcp"
+            async with (
+                streamable_http_client(url) as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                await session.initialize()
+                asked = await session.call_tool(
+                    "request_approval",
+                    {
+                        "checkpoint": "data-purchase",
+                        "title": "Buy leads",
+                        "payload": {"cost": 280, "businesses": 40},
+                        "wait_seconds": 0,
+                    },
+                )
+                pending = dict(asked.structured_content)
+                assert pending["status"] == "pending"
+                desk.approve(pending["proposal_id"], EDIT)
+                return await until_decided(session, pending)
+
+        decided = asyncio.run(scenario())
+        assert decided["approved_payload"] == {"cost": 120, "businesses": 40}
+    finally:
+        server.stop()
