@@ -42,6 +42,7 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "data_json",
         "prev_hash",
         "hash",
+        "hash_version",
     )
     readonly_fields = fields
 
