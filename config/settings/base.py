@@ -358,3 +358,8 @@ HITL_OVERRIDE_MIN_DECISIONS = env_int("HITL_OVERRIDE_MIN_DECISIONS", 20, minimum
 # Load balancers and Prometheus talk plain http to the web processes: the probes and the
 # scrape are never redirected to https (production's SECURE_SSL_REDIRECT).
 SECURE_REDIRECT_EXEMPT = [r"^(healthz|readyz|metrics)$"]
+HITL_OVERRIDE_EVALUATE_SECONDS = env_int("HITL_OVERRIDE_EVALUATE_SECONDS", 600, minimum=10)
+CELERY_BEAT_SCHEDULE["ops-override-rates"] = {
+    "task": "hitl.ops.tasks.evaluate_override_rates",
+    "schedule": float(HITL_OVERRIDE_EVALUATE_SECONDS),
+}

@@ -169,3 +169,29 @@ def test_concurrent_evaluations_announce_a_crossing_once(world: Any, quiet_deliv
     assert sorted(results, key=str) == [None, None, None, override.HIGH]
     assert OutboxEvent.objects.filter(topic=override.HIGH).count() == 1
     assert AuditEvent.objects.filter(verb=override.HIGH).count() == 1
+
+
+@pytest.mark.django_db
+@override_settings(HITL_OVERRIDE_MIN_DECISIONS=2)
+def test_beat_applies_a_threshold_changed_in_the_admin_once(world: Any) -> None:
+    from hitl.ops.tasks import evaluate_override_rates
+
+    for decision in ("approve", "reject"):  # 1 of 2 overridden: 50 %
+        proposal = submit(world.submitter, world.checkpoint)
+        services.vote_cast(
+            proposal_id=proposal.pk,
+            reviewer=world.reviewer,
+            decision=decision,
+            revision=1,
+            comment="no" if decision == "reject" else "",
+        )
+    OverrideAlert.objects.create(checkpoint=world.checkpoint, threshold=0.6)
+    assert evaluate_override_rates() == 0
+    OverrideAlert.objects.filter(pk=world.checkpoint.pk).update(threshold=0.4)  # the admin
+    assert evaluate_override_rates() == 1
+    assert evaluate_override_rates() == 0
+    assert OutboxEvent.objects.filter(topic=override.HIGH).count() == 1
+    assert OverrideAlert.objects.get(pk=world.checkpoint.pk).active
+    # Every checkpoint gets its row (and gauges), decisions or not.
+    other = OverrideAlert.objects.get(pk=world.other_checkpoint.pk)
+    assert (other.active, other.rate, other.decisions) == (False, None, 0)
