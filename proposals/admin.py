@@ -669,6 +669,14 @@ class CheckpointAdmin(VisibleHistoryMixin, SimpleHistoryAdmin):
             },
         ),
         (
+            "Typed payloads",
+            {
+                "fields": ("payload_schema",),
+                "description": "A JSON Schema (2020-12) that submitted, revised and edited "
+                "payloads must satisfy (DESIGN §6). Empty: any JSON object.",
+            },
+        ),
+        (
             "Timing",
             {
                 "fields": (

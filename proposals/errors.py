@@ -31,6 +31,16 @@ class PermissionDenied(ApplicationError):
     status_code = 403
 
 
+class InvalidPayload(InvalidInput):
+    """The payload does not satisfy its JSON Schema; details list every error path."""
+
+    code = "invalid_payload"
+
+
+class InvalidSchema(InvalidInput):
+    code = "invalid_payload_schema"
+
+
 class Conflict(ApplicationError):
     """The request is valid but the resource's state forbids it (stale revision, decided...)."""
 

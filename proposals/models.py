@@ -6,7 +6,6 @@ Nothing here changes a proposal's status: that is `proposals.services.transition
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -132,6 +131,7 @@ class Checkpoint(models.Model):
         "revocation_window_seconds",
         "max_revisions",
         "require_reason_on",
+        "payload_schema",
     )
 
     slug = models.SlugField(max_length=100, unique=True)
@@ -163,6 +163,12 @@ class Checkpoint(models.Model):
     revocation_window_seconds = models.PositiveIntegerField(default=300)
     max_revisions = models.PositiveSmallIntegerField(default=3)
     require_reason_on = models.JSONField(default=default_require_reason_on, blank=True)
+    payload_schema = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="JSON Schema (2020-12) every payload must satisfy: submitted, an option's, "
+        "revised, or edited by a reviewer. A proposal may bring its own, which wins.",
+    )
 
     bypass_until = models.DateTimeField(null=True, blank=True)
     bypass_reason = models.TextField(blank=True)
@@ -194,7 +200,9 @@ class Checkpoint(models.Model):
         return self.slug
 
     def clean(self) -> None:
-        from proposals.policy import validate_checkpoint_policy
+        from django.core.exceptions import ValidationError
+
+        from proposals.policy import schema_problem, validate_checkpoint_policy
 
         validate_checkpoint_policy(
             review_when=self.review_when,
@@ -203,6 +211,10 @@ class Checkpoint(models.Model):
             auto_approve_at=self.auto_approve_at,
             auto_reject_below=self.auto_reject_below,
         )
+        if self.payload_schema is not None:
+            problem = schema_problem(self.payload_schema)
+            if problem is not None:
+                raise ValidationError({"payload_schema": problem})
 
 
 class Proposal(models.Model):
@@ -218,6 +230,10 @@ class Proposal(models.Model):
     impact = models.DecimalField(max_digits=20, decimal_places=4, null=True, blank=True)
     region = models.CharField(max_length=100, blank=True)
     labels = models.JSONField(default=dict, blank=True)
+    # The schema its payloads must satisfy, when the agent brought one (it wins over the
+    # checkpoint's), and its own timeout, at most the checkpoint's; NULL = the checkpoint's.
+    payload_schema = models.JSONField(null=True, blank=True)
+    timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
     external_id = models.CharField(max_length=200, blank=True)
     callback_url = models.URLField(max_length=500, blank=True)
     submitted_by = models.ForeignKey(
@@ -395,4 +411,3 @@ class Vote(models.Model):
 
     def __str__(self) -> str:
         return f"{self.reviewer_id} {self.decision} r{self.revision}"
-

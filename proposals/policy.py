@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import jsonpatch
 from django.core.exceptions import ValidationError
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 
 CONDITION_OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "exists")
 PRIORITIES = ("critical", "high", "medium", "low")
@@ -494,6 +496,57 @@ def apply_bounded_patch(
             operation = {"op": "add", "path": path, "value": json.loads(text or "null")}
         document = jsonpatch.JsonPatch([operation]).apply(document, in_place=True)
     return document
+
+
+# --- typed payloads (JSON Schema 2020-12) ------------------------------------------------------
+
+MAX_SCHEMA_ERRORS = 50
+
+
+def schema_problem(schema: Any) -> str | None:
+    """Why this is not a usable JSON Schema (2020-12), or None."""
+    if not isinstance(schema, dict):
+        return "A payload schema must be a JSON object."
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path)
+        return f"Not a valid JSON Schema (2020-12) at '/{where}': {exc.message}"
+    return None
+
+
+def _pointer(path: Iterable[Any]) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
+
+
+def payload_errors(payload: Any, schema: dict[str, Any]) -> list[dict[str, str]]:
+    """Every way the payload breaks the schema (the first MAX_SCHEMA_ERRORS, by path): each
+    with its JSON Pointer `path` ("" is the payload itself), the failing `keyword` and a
+    `message`. Raises referencing's Unresolvable for a `$ref` that cannot be resolved (no
+    schema is ever fetched over the network)."""
+    errors = sorted(
+        Draft202012Validator(schema).iter_errors(payload),
+        key=lambda e: (_pointer(e.absolute_path), str(e.validator)),
+    )
+    return [
+        {
+            "path": _pointer(error.absolute_path),
+            "keyword": str(error.validator),
+            "message": error.message,
+        }
+        for error in errors[:MAX_SCHEMA_ERRORS]
+    ]
+
+
+def timeout_problem(*, requested: int | None, checkpoint_timeout: int | None) -> str | None:
+    """A proposal's own timeout may shorten the checkpoint's, never lengthen it."""
+    if requested is None:
+        return None
+    if requested < 1:
+        return "timeout_seconds must be at least 1."
+    if checkpoint_timeout is not None and requested > checkpoint_timeout:
+        return f"timeout_seconds may be at most the checkpoint's ({checkpoint_timeout})."
+    return None
 
 
 # --- deadlines -----------------------------------------------------------------------------

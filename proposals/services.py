@@ -24,6 +24,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from referencing.exceptions import Unresolvable
 
 from audit.services import audit_record, canonical_json
 from notifications.services import outbox_emit
@@ -33,6 +34,9 @@ from proposals.errors import (
     ClaimedByOther,
     Conflict,
     IdempotencyMismatch,
+    InvalidInput,
+    InvalidPayload,
+    InvalidSchema,
     InvalidTransition,
     NotFound,
     PayloadLimitExceeded,
@@ -50,6 +54,7 @@ from proposals.models import (
     Revision,
     RevisionKind,
     Status,
+    TimeoutAction,
     Vote,
 )
 from proposals.permissions import (
@@ -203,14 +208,48 @@ class ProposalInput:
     labels: dict[str, str] = field(default_factory=dict)
     external_id: str = ""
     callback_url: str = ""
+    payload_schema: dict[str, Any] | None = None
+    timeout_seconds: int | None = None
 
 
-def _validate_options(options: list[dict[str, Any]]) -> None:
+def _validate_options(options: list[dict[str, Any]], schema: dict[str, Any] | None) -> None:
     keys = [option.get("key") for option in options]
     if len(set(keys)) != len(keys):
         raise Unprocessable("Option keys must be unique.", details={"options": keys})
     for index, option in enumerate(options):
         _check_bounds(option.get("payload"), where=f"options[{index}].payload")
+        _check_schema(option.get("payload"), schema, where=f"options[{index}].payload")
+
+
+def _schema_of(proposal: Proposal) -> dict[str, Any] | None:
+    """The schema its payloads must satisfy: its own, else its checkpoint's (read now, so a
+    manager's fix to the checkpoint's schema applies to open proposals' next revisions)."""
+    return proposal.payload_schema or proposal.checkpoint.payload_schema or None
+
+
+def _check_schema(payload: Any, schema: dict[str, Any] | None, *, where: str = "payload") -> None:
+    """400 invalid_payload listing every error path: no stored payload (submitted, an
+    option's, revised, edited by a reviewer) is one the agent could not accept."""
+    if not schema:
+        return
+    try:
+        errors = policy.payload_errors(payload, schema)
+    except Unresolvable as exc:
+        raise InvalidSchema(
+            f"The payload schema has a $ref that cannot be resolved: {exc}",
+            details={"payload_schema": str(exc)},
+        ) from None
+    if errors:
+        raise InvalidPayload(
+            f"The {where} does not match its JSON Schema ({len(errors)} error(s)).",
+            details={"field": where, "errors": errors},
+        )
+
+
+def _timeout_of(proposal: Proposal) -> int | None:
+    if proposal.timeout_seconds is not None:
+        return proposal.timeout_seconds
+    return proposal.checkpoint.timeout_seconds
 
 
 def _check_bounds(payload: Any, *, where: str = "payload") -> None:
@@ -255,12 +294,25 @@ def proposal_submit(
     if not access.has(SUBMIT, checkpoint.pk):
         raise PermissionDenied(f"You may not submit to checkpoint {checkpoint.slug!r}.")
     _check_bounds(data.payload)
-    _validate_options(data.options)
+    if data.payload_schema is not None:
+        problem = policy.schema_problem(data.payload_schema)
+        if problem is not None:
+            raise InvalidSchema(problem, details={"payload_schema": problem})
+    problem = policy.timeout_problem(
+        requested=data.timeout_seconds, checkpoint_timeout=checkpoint.timeout_seconds
+    )
+    if problem is not None:
+        raise InvalidInput(problem, details={"timeout_seconds": [problem]})
+    schema = data.payload_schema or checkpoint.payload_schema or None
+    _check_schema(data.payload, schema)
+    _validate_options(data.options, schema)
     now = timezone.now()
     due = policy.deadlines(
         start=now,
         priority=data.priority,
-        timeout_seconds=checkpoint.timeout_seconds,
+        timeout_seconds=(
+            data.timeout_seconds if data.timeout_seconds is not None else checkpoint.timeout_seconds
+        ),
         sla_seconds=checkpoint.sla_seconds,
         remind_after_seconds=checkpoint.remind_after_seconds,
         escalate_after_seconds=checkpoint.escalate_after_seconds,
@@ -282,6 +334,8 @@ def proposal_submit(
             labels=data.labels,
             external_id=data.external_id,
             callback_url=data.callback_url,
+            payload_schema=data.payload_schema,
+            timeout_seconds=data.timeout_seconds,
             submitted_by=submitter,
             idempotency_key=idempotency_key,
             status=Status.PENDING,
@@ -598,6 +652,7 @@ def _apply_reviewer_edit(
     votes were for the old revision, so they stop counting (reset) by construction."""
     before = proposal.payload
     after = _edited_payload(before, patch, adjustments)
+    _check_schema(after, _schema_of(proposal))
     diff = jsonpatch.make_patch(before, after).patch
     if not diff:
         raise Unprocessable("The edit changes nothing; approve without a patch instead.")
@@ -693,6 +748,7 @@ def proposal_revise(
             )
         _refuse_if_timed_out(proposal)
         _check_bounds(payload)
+        _check_schema(payload, _schema_of(proposal))
         now = timezone.now()
         diff = jsonpatch.make_patch(proposal.payload, payload).patch
         number = proposal.revision + 1
@@ -712,7 +768,7 @@ def proposal_revise(
         due = policy.deadlines(
             start=now,
             priority=proposal.priority,
-            timeout_seconds=checkpoint.timeout_seconds,
+            timeout_seconds=_timeout_of(proposal),
             sla_seconds=checkpoint.sla_seconds,
             remind_after_seconds=checkpoint.remind_after_seconds,
         )
@@ -858,13 +914,18 @@ def proposal_expire(proposal: Proposal, now: Any) -> bool:
     if not proposal.is_open or proposal.due_at is None or proposal.due_at > now:
         return False
     checkpoint = proposal.checkpoint
+    # Only an approving timeout of a pending round looks at the votes: no extra query for
+    # the common case, which sweeps by the thousand.
+    reads_votes = (
+        checkpoint.timeout_action == TimeoutAction.APPROVE and proposal.status == Status.PENDING
+    )
     result = policy.timeout_outcome(
         timeout_action=checkpoint.timeout_action,
         status=proposal.status,
         has_options=bool(proposal.options),
-        ballots=_ballots(proposal),
+        ballots=_ballots(proposal) if reads_votes else [],
     )
-    reason = f"no decision within {checkpoint.timeout_seconds} s"
+    reason = f"no decision within {_timeout_of(proposal)} s"
     if result.outcome == "approved":
         transition(
             proposal,

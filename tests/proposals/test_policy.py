@@ -1068,3 +1068,68 @@ def test_apply_bounded_patch(payload: dict[str, Any], patch: list[Any], expected
         before = repr(payload)
         assert policy.apply_bounded_patch(payload, patch, **BOUNDS) == expected
         assert repr(payload) == before  # the proposal's payload is never changed in place
+
+
+# --- typed payloads --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("schema", "problem"),
+    [
+        ({"type": "object"}, None),
+        ({}, None),
+        ({"properties": {"a": {"type": "integer", "minimum": 0}}}, None),
+        ([], "must be a JSON object"),
+        ({"type": "objekt"}, "Not a valid JSON Schema"),
+        ({"properties": {"a": {"minimum": "zero"}}}, "'/properties/a/minimum'"),
+    ],
+)
+def test_schema_problem(schema: Any, problem: str | None) -> None:
+    found = policy.schema_problem(schema)
+    assert (found is None) if problem is None else problem in (found or "")
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "cost": {"type": "integer", "maximum": 10},
+        "items": {"type": "array", "items": {"type": "string"}},
+        "a/b": {"type": "boolean"},
+    },
+    "required": ["cost"],
+}
+
+
+@pytest.mark.parametrize(
+    ("payload", "errors"),
+    [
+        ({"cost": 1}, []),
+        ({}, [("", "required")]),
+        ({"cost": 11}, [("/cost", "maximum")]),
+        ({"cost": True}, [("/cost", "type")]),  # a boolean is not an integer
+        ({"cost": 1, "items": ["a", 2, 3]}, [("/items/1", "type"), ("/items/2", "type")]),
+        ({"cost": 1, "a/b": 1}, [("/a~1b", "type")]),
+    ],
+)
+def test_payload_errors(payload: Any, errors: list[tuple[str, str]]) -> None:
+    found = policy.payload_errors(payload, SCHEMA)
+    assert [(e["path"], e["keyword"]) for e in found] == errors
+    assert all(e["message"] for e in found)
+
+
+@pytest.mark.parametrize(
+    ("requested", "checkpoint", "problem"),
+    [
+        (None, 3600, None),
+        (600, 3600, None),
+        (3600, 3600, None),
+        (3601, 3600, "at most the checkpoint's (3600)"),
+        (0, 3600, "at least 1"),
+        (600, None, None),  # a checkpoint without timeout: a proposal may still set one
+    ],
+)
+def test_timeout_problem(
+    requested: int | None, checkpoint: int | None, problem: str | None
+) -> None:
+    found = policy.timeout_problem(requested=requested, checkpoint_timeout=checkpoint)
+    assert (found is None) if problem is None else problem in (found or "")
