@@ -62,13 +62,16 @@ class LeaderLock:
             self._release_script(keys=[self.key], args=[self.token])
 
 
+def lock_client() -> redis.Redis:
+    """Bounded waits: a frozen Redis must not stall the scheduler loop (config.redis_clients)."""
+    return redis.Redis.from_url(
+        settings.REDIS_URL, **redis_clients.client_options(settings.REDIS_TIMEOUTS)
+    )
+
+
 class LeaderScheduler(PersistentScheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # Bounded waits: a frozen Redis must not stall the scheduler loop (config.redis_clients).
-        client = redis.Redis.from_url(
-            settings.REDIS_URL, **redis_clients.client_options(settings.REDIS_TIMEOUTS)
-        )
-        self.leader_lock = LeaderLock(client)
+        self.leader_lock = LeaderLock(lock_client())
         self.leading = False
         super().__init__(*args, **kwargs)
 
