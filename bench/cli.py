@@ -21,8 +21,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench import report
 from bench.baseline import schema
 from bench.stack import PYTHON, ROOT, Stack, make_workdir
@@ -164,7 +162,7 @@ def run_load(
     web = stack.product_web if product else stack.baseline_web
     process = subprocess.Popen(
         [PYTHON, "-m", "bench.load"],
-        cwd=ROOT,
+        cwd=stack.src,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -241,6 +239,9 @@ def load_spec(
 
 
 class Bench:
+    dashboard_path = "/api/v1/metrics/summary/"
+    has_dashboard = False
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.sizes = sizes_for(args)
@@ -282,7 +283,7 @@ class Bench:
     def _with_stdin(self, args: list[str], env: dict[str, str], stdin: str) -> str:
         done = subprocess.run(
             args,
-            cwd=ROOT,
+            cwd=self.stack.src,
             env=env,
             input=stdin,
             capture_output=True,
@@ -308,9 +309,6 @@ class Bench:
         self.log(f"starting: workdir {self.workdir}, {self.web_processes} web process(es) each")
         self.stack.start(self.log, after_migrate=self.seed)
         self.log("product and baseline are up")
-        # The dashboard endpoint may not exist yet (another change builds it): asked at run time.
-        self.dashboard_path = "/api/v1/metrics/summary/"
-        self.has_dashboard = self._exists(self.dashboard_path, self.tokens["manager_token"])
 
     def seed(self) -> None:
         s = self.sizes
@@ -327,14 +325,9 @@ class Bench:
             schema.seed_items(base_dsn, queue_rows, due_in_past=False, owner="agent")
         self.base_deep_after = schema.cursor_at(base_dsn, deep)
         self.log("seeded")
-
-    def _exists(self, path: str, token: str) -> bool:
-        response = httpx.get(
-            self.stack.product_urls[0] + path,
-            headers={**HTTPS, "Authorization": f"Bearer {token}"},
-            timeout=120,
-        )
-        return response.status_code != 404
+        # In-process, so it needs no web server: it runs while they start.
+        self.probe_sql()
+        self.log("SQL statements per request counted")
 
     # -- requests --------------------------------------------------------------------------
 
@@ -428,13 +421,15 @@ class Bench:
                 "token": t["reviewer_token"],
             },
         ]
-        if self.has_dashboard:
+        if "dashboard" in self.results:
+            # The endpoint may not exist yet (another change builds it): asked at run time.
             requests.append(
                 {
                     "name": "dashboard",
                     "method": "GET",
                     "path": self.dashboard_path,
                     "token": t["manager_token"],
+                    "optional": True,
                 }
             )
         product_probe = self._start_probe(self.stack.product_env(), requests)
@@ -473,6 +468,9 @@ class Bench:
         ]
         baseline_probe = self._start_probe(self.stack.baseline_env(), base_requests)
         product, baseline = self._probe_result(product_probe), self._probe_result(baseline_probe)
+        self.has_dashboard = "dashboard" in product and not product["dashboard"].get("absent")
+        if not self.has_dashboard:
+            product.pop("dashboard", None)
         baseline["submit_auto"] = baseline["submit_queued"] = baseline.pop("submit")
         for name, entry in self.results.items():
             for side, found in (("product", product), ("baseline", baseline)):
@@ -487,7 +485,7 @@ class Bench:
     def _start_probe(self, env: dict[str, str], requests: list[dict[str, Any]]) -> Any:
         process = subprocess.Popen(
             [PYTHON, "-m", "bench.probe"],
-            cwd=ROOT,
+            cwd=self.stack.src,
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -708,6 +706,15 @@ class Bench:
         out = self.args.profile
         out.parent.mkdir(parents=True, exist_ok=True)
         duration = max(1, int(self.sizes.duration or 5) - 1)
+        dirty = " + uncommitted changes" if _git("status", "--porcelain", "-uno") else ""
+        self.profile_context = (
+            f"py-spy record --idle --rate 200 --nonblocking for {duration} s on product web "
+            f"process 0 of {self.web_processes}, during submit_queued (POST /api/v1/proposals/ "
+            f"to a checkpoint that queues for review) at concurrency {self.sizes.concurrency}; "
+            f"git {_git('rev-parse', '--short', 'HEAD')}"
+            f"{dirty}"
+            f", load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs."
+        )
         return subprocess.Popen(
             [
                 str(Path(PYTHON).parent / "py-spy"),
@@ -754,7 +761,7 @@ class Bench:
         procs = [
             subprocess.Popen(
                 [PYTHON, "-m", "bench.sweeper", kind, *([str(seed)] if n == 0 and seed else [])],
-                cwd=ROOT,
+                cwd=self.stack.src,
                 env=env,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -833,7 +840,6 @@ class Bench:
         }
         try:
             self.prepare()
-            self.probe_sql()
             if self.args.explain:
                 self.write_explain(self.args.explain)
             for rep in range(self.sizes.reps):
@@ -841,7 +847,9 @@ class Bench:
                 self.sweeps(rep)
                 self.ws_fanout(rep)
             if self.args.profile:
-                report.write_profile_summary(self.args.profile)
+                report.write_profile_summary(
+                    self.args.profile, context=getattr(self, "profile_context", "")
+                )
         finally:
             meta["databases"] = [self.stack.product_db, self.stack.baseline_db]
             meta["server_logs"] = str(self.workdir)

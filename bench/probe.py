@@ -15,7 +15,10 @@ import sys
 from typing import Any
 
 
-def requests_sql(client: Any, method: str, path: str, body: Any, token: str) -> list[str]:
+def requests_sql(
+    client: Any, method: str, path: str, body: Any, token: str, optional: bool = False
+) -> list[str] | None:
+    """The statements the request sent; None for an `optional` path that is not there (404)."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -29,6 +32,8 @@ def requests_sql(client: Any, method: str, path: str, body: Any, token: str) -> 
             HTTP_X_FORWARDED_PROTO="https",  # as the load balancer says it
             HTTP_HOST="127.0.0.1",
         )
+    if optional and response.status_code == 404:
+        return None
     if response.status_code >= 400:
         raise SystemExit(
             f"probe {method} {path}: {response.status_code} {response.content[:300]!r}"
@@ -53,9 +58,16 @@ def probe(requests: list[dict[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for item in requests:
         statements = requests_sql(
-            client, item["method"], item["path"], item.get("body"), item["token"]
+            client,
+            item["method"],
+            item["path"],
+            item.get("body"),
+            item["token"],
+            optional=item.get("optional", False),
         )
-        if item["name"] != "warm":
+        if statements is None:
+            result[item["name"]] = {"absent": True}
+        elif item["name"] != "warm":
             result[item["name"]] = {**classify(statements), "statements": statements}
     return result
 

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+MAX_STATEMENTS = 60
 # metric: (label, higher is better)
 HTTP_METRICS = {
     "rps": ("req/s", True),
@@ -34,6 +35,7 @@ SWEEP_METRICS = {
     "relay_drain_s": ("relay catch-up s", False),
 }
 WS_METRICS = {
+    "failed_to_connect": ("sockets failed to connect", False),
     "lost_messages": ("lost messages", False),
     "expected_messages": ("expected messages", False),
     "p50_ms": ("p50 ms commit->socket", False),
@@ -91,7 +93,17 @@ def summarize(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> dict[
                 out["metrics"][key] = row
         if "sql" in entry:
             out["sql"] = entry["sql"]
-            out["sql_statements"] = entry.get("sql_statements", {})
+            # The statements themselves, for a reader; a bulk sends thousands, so at most
+            # MAX_STATEMENTS per side are kept (the counts in "sql" are complete).
+            out["sql_statements"] = {
+                side: statements[:MAX_STATEMENTS]
+                + (
+                    [f"... {len(statements) - MAX_STATEMENTS} more"]
+                    if len(statements) > MAX_STATEMENTS
+                    else []
+                )
+                for side, statements in entry.get("sql_statements", {}).items()
+            }
         paths[name] = out
     derived: dict[str, Any] = {}
     bulk = paths.get("bulk_submit", {}).get("metrics", {}).get("proposals_per_s", {})
@@ -249,7 +261,7 @@ IDLE_LEAVES = (
 )
 
 
-def write_profile_summary(raw: Path, top: int = 40) -> Path | None:
+def write_profile_summary(raw: Path, top: int = 40, context: str = "") -> Path | None:
     """From py-spy's raw (collapsed) stacks, recorded with --idle: for the request threads
     (stacks inside Django's request handler), the share of their samples in which each
     function appears (inclusive) and on top (self): waiting on PostgreSQL or Redis shows as
@@ -280,6 +292,7 @@ def write_profile_summary(raw: Path, top: int = 40) -> Path | None:
         own[frames[-1]] += count
     out = raw.with_suffix(".txt")
     lines = [
+        *([context, ""] if context else []),
         f"py-spy samples: {total} in all; {requests} in request threads (inside "
         f"{REQUEST_MARKER}), the percentages below are of these; {busy_other} busy samples "
         "elsewhere (event loop).",

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 import psutil
@@ -45,6 +45,7 @@ class Proc:
     args: list[str]
     env: dict[str, str]
     log_path: Path
+    cwd: Path = ROOT
     popen: subprocess.Popen[bytes] = field(init=False)
     _log: IO[bytes] = field(init=False)
 
@@ -52,7 +53,7 @@ class Proc:
         self._log = self.log_path.open("wb")
         self.popen = subprocess.Popen(
             self.args,
-            cwd=ROOT,
+            cwd=self.cwd,
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -168,6 +169,8 @@ class Stack:
     baseline_web: list[Proc] = field(default_factory=list)
     worker: Proc | None = None
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(48))
+    src: Path = ROOT  # the code every child runs: a snapshot taken by `start`
+    _outbox_conn: psycopg.Connection[Any] | None = None
 
     # -- environments ----------------------------------------------------------------------
 
@@ -223,6 +226,8 @@ class Stack:
         processes and the worker import while `migrate` runs (none of them touches the
         database before its first request or task), and `after_migrate` (the seeding) runs
         while they finish starting."""
+        self.src = snapshot_source(self.workdir / "src")
+        log(f"measuring a snapshot of the working tree: {self.src}")
         # run/static: where collectstatic would put files (the API paths serve none).
         (self.workdir / "run" / "static").mkdir(parents=True, exist_ok=True)
         tag = f"{os.getpid()}_{secrets.token_hex(3)}"
@@ -271,11 +276,25 @@ class Stack:
         log("web processes and worker ready")
 
     def outbox_pending(self) -> int:
-        with psycopg.connect(self.pg.dsn(self.product_db), autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM notifications_outboxevent WHERE dispatched_at IS NULL"
-            ).fetchone()
-        return int(row[0]) if row else 0
+        """Undispatched outbox rows. One connection, kept for the run (a poll loop that
+        connects every 0.1 s would compete for the server's connection slots)."""
+        for attempt in range(5):
+            try:
+                if self._outbox_conn is None or self._outbox_conn.closed:
+                    self._outbox_conn = psycopg.connect(
+                        self.pg.dsn(self.product_db), autocommit=True
+                    )
+                row = self._outbox_conn.execute(
+                    "SELECT count(*) FROM notifications_outboxevent WHERE dispatched_at IS NULL"
+                ).fetchone()
+                return int(row[0]) if row else 0
+            except psycopg.OperationalError:
+                # A busy shared server ("too many clients"): wait a moment, try again.
+                self._outbox_conn = None
+                if attempt == 4:
+                    raise
+                time.sleep(1)
+        return 0
 
     def wait_outbox_drained(self, timeout: float = 300) -> float | None:
         """Seconds until the worker has relayed every outbox row (None: not within
@@ -315,7 +334,7 @@ class Stack:
         ]
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
-        proc = Proc(name, args, env, self.workdir / f"{name}.log")
+        proc = Proc(name, args, env, self.workdir / f"{name}.log", cwd=self.src)
         self.procs.append(proc)
         return proc
 
@@ -327,7 +346,7 @@ class Stack:
         with log_path.open("ab") as log:
             done = subprocess.run(
                 args,
-                cwd=ROOT,
+                cwd=self.src,
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=log,
@@ -343,6 +362,8 @@ class Stack:
         """SIGTERM to all at once, then each is waited for (SIGKILL after its grace), then
         the databases go."""
         try:
+            if self._outbox_conn is not None:
+                self._outbox_conn.close()
             for proc in self.procs:
                 proc.terminate()
             for proc in reversed(self.procs):
@@ -364,6 +385,28 @@ def _wait_http(url: str, timeout: float = 120) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def snapshot_source(dest: Path) -> Path:
+    """A copy of the working tree (tracked and untracked files, not ignored ones) that every
+    child runs from. Others may edit the tree while a run lasts (a model gains a field, a
+    migration lands): a child started later would then run other code than the one migrated
+    and measured first. The virtualenv stays shared (children put their working directory,
+    the snapshot, first on sys.path)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if not source.is_file() or name.startswith("bench/results/"):
+            continue  # deleted in the working tree, or a recorded run
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+    return dest
 
 
 def make_workdir() -> Path:

@@ -36,7 +36,8 @@ def test_bench_quick_runs_every_path_without_errors(tmp_path: Path) -> None:
         timeout=600,
         check=False,
     )
-    assert out.exists(), f"no JSON written (exit {done.returncode}):\n{done.stderr[-4000:]}"
+    (tmp_path / "bench.stderr").write_text(done.stderr)
+    assert out.exists(), f"no JSON written (exit {done.returncode}):\n{_first_error(done.stderr)}"
     results = json.loads(out.read_text())
     paths = results["paths"]
 
@@ -71,6 +72,13 @@ def test_bench_quick_runs_every_path_without_errors(tmp_path: Path) -> None:
     # the run cleans up after itself: no database of its own is left on the server
     assert results["meta"]["databases"]
     assert not set(results["meta"]["databases"]) & _databases()
+
+
+def _first_error(stderr: str) -> str:
+    """The first traceback and the end: a failing stage makes later ones fail too."""
+    start = stderr.find("Traceback (most recent call last)")
+    head = stderr[max(0, start - 1500) : start + 3000] if start >= 0 else ""
+    return f"{head}\n...\n{stderr[-2000:]}"
 
 
 def _databases() -> set[str]:
