@@ -9,13 +9,23 @@ rights version (notifications.live) and, when that moved, re-reads the user, the
 the grants. A user deactivated, logged out or whose key was revoked is closed 4401; a detail
 socket whose proposal is no longer visible is closed 4403; the queue socket moves to the
 groups its user has now and drops what it heard through a group it left.
+
+Nothing is lost silently: every message carries `seq` (notifications.live's stream id), the
+first message (`hello` / `snapshot`) the stream's head. A client that reconnects passes
+`?after=<seq>` (or sends `{"type": "resume", "after": <seq>}`) and is replayed what it may see
+since, then `{"type": "resumed", "seq": ...}`; `{"type": "resync"}` means the stream no longer
+reaches back that far: refetch everything. A socket whose backlog overflowed in this process
+is replayed the same way, by the server, without the client doing anything.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import deque
 from datetime import datetime
 from importlib import import_module
 from typing import Any
+from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
 from channels.auth import get_user
@@ -30,6 +40,9 @@ from proposals import selectors
 from proposals.errors import NotFound
 from proposals.permissions import MANAGE, REVIEW, REVIEW_ESCALATED, Access, access_for
 
+logger = logging.getLogger(__name__)
+
+RECENT_IDS = 2000  # event ids a socket remembers, so a replay does not repeat them
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403  # an open socket whose user may no longer see what it follows
 CLOSE_NOT_FOUND = 4404
@@ -46,10 +59,33 @@ def _still_signed_in(user_id: int, api_key_id: int | None) -> Access | None:
     return access_for(user)
 
 
+class RecentIds:
+    """The last `size` event ids a socket sent (a set for lookups, a deque for eviction): a
+    replay overlaps what was sent live, and live messages still queued overlap the replay."""
+
+    def __init__(self, size: int = RECENT_IDS) -> None:
+        self._order: deque[str] = deque()
+        self._ids: set[str] = set()
+        self._size = size
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._ids
+
+    def add(self, event_id: str) -> None:
+        if event_id in self._ids:
+            return
+        self._order.append(event_id)
+        self._ids.add(event_id)
+        if len(self._order) > self._size:
+            self._ids.discard(self._order.popleft())
+
+
 class _Base(AsyncJsonWebsocketConsumer):
     groups_joined: list[str]
     rights_seen: str | None | live.RightsUnknown = live.RIGHTS_UNKNOWN
     key_expires_at: datetime | None = None
+    last_seq: str | None = None  # of the newest message this socket sent
+    recent_ids: RecentIds
 
     async def _authorized_access(self) -> Access | None:
         user = self.scope.get("user")
@@ -57,7 +93,7 @@ class _Base(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return None
         # Read before the rights are: a change from here on makes the first message re-check.
-        self.rights_seen = await sync_to_async(live.rights_version)()
+        self.rights_seen = await live.rights_version_async()
         self.key_expires_at = self.scope.get("api_key_expires_at")
         access: Access = await database_sync_to_async(access_for)(user)
         return access
@@ -83,7 +119,7 @@ class _Base(AsyncJsonWebsocketConsumer):
         """True when nothing changed since the last check (one cache read); otherwise the
         socket's access re-read from the database, or None (closed: signed out)."""
         expired = self.key_expires_at is not None and self.key_expires_at <= timezone.now()
-        version = await sync_to_async(live.rights_version)()
+        version = await live.rights_version_async()
         if not expired and version == self.rights_seen and version is not live.RIGHTS_UNKNOWN:
             return True
         self.rights_seen = version  # read before the state it vouches for
@@ -116,21 +152,87 @@ class _Base(AsyncJsonWebsocketConsumer):
         return True
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        kind = content.get("type") if isinstance(content, dict) else None
         # Keep-alive pings re-check too, so a socket that only idles still gets closed.
-        is_ping = isinstance(content, dict) and content.get("type") == "ping"
-        if is_ping and await self._current_access() is not None:
+        if kind == "ping" and await self._current_access() is not None:
             await self.send_json({"type": "pong"})
+        elif kind == "resume":
+            after = live.parse_seq(content.get("after"))
+            if after is None:
+                await self.send_json({"type": "error", "detail": "resume needs a valid `after`"})
+            else:
+                await self._replay(after)
+
+    async def _head(self) -> str | None:
+        """The stream's newest seq: where a client resumes from if it has heard nothing."""
+        try:
+            return await sync_to_async(live.stream_head, thread_sensitive=False)()
+        except Exception:  # no seq: the client refetches on reconnect, as without one
+            logger.warning("live stream unreadable at connect", exc_info=True)
+            return None
+
+    async def _start_live(self) -> None:
+        """After accept: remember what was sent, then replay from `?after=` if given."""
+        self.recent_ids = RecentIds()
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        after = query.get("after")
+        if after:
+            seq = live.parse_seq(after[0])
+            if seq is not None:
+                await self._replay(seq)
+
+    async def _send_event(self, message: dict[str, Any]) -> None:
+        await self.send_json(
+            {key: value for key, value in message.items() if key != "type"}
+            | {"type": message["event"]}
+        )
+        if message.get("id"):
+            self.recent_ids.add(str(message["id"]))
+        seq = live.parse_seq(message.get("seq"))
+        if seq is not None and (self.last_seq is None or live.seq_after(seq, self.last_seq)):
+            self.last_seq = seq
+
+    async def _replay(self, after: str) -> None:
+        """Send what this socket may see after `after` from the live stream, skipping what it
+        already sent; `resync` if the stream does not reach back that far or is unreadable."""
+        access = await self._current_access()
+        if access is None:
+            return
+        groups = set(getattr(self, "groups_joined", []))
+        try:
+            found = await sync_to_async(live.replay, thread_sensitive=False)(after, groups)
+        except Exception:
+            logger.warning("live stream unreadable: asking the client to refetch", exc_info=True)
+            await self.send_json({"type": "resync"})
+            return
+        if not found["complete"]:
+            await self.send_json({"type": "resync", "seq": found["head"]})
+        for message in found["messages"]:
+            if str(message.get("id")) in self.recent_ids:
+                continue
+            if isinstance(access, Access) and not await self._may_see(access, message["proposal"]):
+                continue
+            await self._send_event(message)
+        if self.last_seq is None or live.seq_after(found["head"], self.last_seq):
+            self.last_seq = found["head"]
+        await self.send_json({"type": "resumed", "seq": self.last_seq})
+
+    async def live_overflow(self, message: dict[str, Any]) -> None:
+        """This process dropped messages meant for this socket (a full backlog): replay."""
+        if self.last_seq is None:
+            await self.send_json({"type": "resync"})
+        else:
+            await self._replay(self.last_seq)
 
     async def proposal_update(self, message: dict[str, Any]) -> None:
+        if str(message.get("id")) in self.recent_ids:
+            return  # already replayed
         access = await self._current_access()
         if access is None:
             return
         if isinstance(access, Access) and not await self._may_see(access, message["proposal"]):
             return  # heard through a group this socket has just left
-        await self.send_json(
-            {key: value for key, value in message.items() if key != "type"}
-            | {"type": message["event"]}
-        )
+        await self._send_event(message)
 
 
 class QueueConsumer(_Base):
@@ -155,7 +257,11 @@ class QueueConsumer(_Base):
         assert access.user_id is not None
         await self._join(self._groups(access))
         await self.accept()
-        await self.send_json({"type": "hello", "user": self.scope["user"].get_username()})
+        self.last_seq = await self._head()
+        await self.send_json(
+            {"type": "hello", "user": self.scope["user"].get_username(), "seq": self.last_seq}
+        )
+        await self._start_live()
 
 
 class ProposalConsumer(_Base):
@@ -183,6 +289,7 @@ class ProposalConsumer(_Base):
         self.proposal_id = str(proposal.pk)
         await self._join([live.proposal_group(proposal.pk)])
         await self.accept()
+        self.last_seq = await self._head()
         await self.send_json(
             {
                 "type": "snapshot",
@@ -190,5 +297,7 @@ class ProposalConsumer(_Base):
                 "status": proposal.status,
                 "revision": proposal.revision,
                 "version": proposal.updated_at.isoformat(),
+                "seq": self.last_seq,
             }
         )
+        await self._start_live()

@@ -7,17 +7,36 @@ group. A message therefore only reaches people who may see that proposal.
 
 Broadcasting is best effort with a bounded timeout: a channel-layer or Redis failure is logged
 and never fails anything; the outbox row stays the source of truth.
+
+Nothing is lost silently. Every broadcast event is first appended to one Redis stream
+(STREAM_KEY, the last HITL_LIVE_REPLAY_MESSAGES events) with the groups it goes to; the
+stream id is the message's `seq`, increasing in the order events were broadcast. A socket
+that missed messages (its backlog overflowed, or the client reconnected) is replayed what it
+may see after a given `seq` (`replay`). The channel layer is `LiveChannelLayer`: Redis
+pub/sub (one publish per group, fanned out inside each web process, so a group of 500
+sockets costs Redis one message, not 500 in one capacity-bound list as with the core layer)
+with a bounded backlog per socket whose overflow is logged, counted
+(nihil_live_messages_dropped_total) and recovered by the consumer from the stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
 import uuid
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
-from asgiref.sync import async_to_sync
+import redis
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
+from channels_redis.pubsub import (
+    RedisPubSubChannelLayer,
+    RedisPubSubLoopLayer,
+    RedisSingleShardConnection,
+)
+from channels_redis.utils import _wrap_close, decode_hosts
 from django.conf import settings
 from django.db import transaction
 
@@ -33,6 +52,7 @@ class LiveMessage(TypedDict):
     status: str
     revision: int
     version: str
+    seq: NotRequired[str]  # the live stream's id: resume after it (see `replay`)
 
 
 def checkpoint_group(checkpoint_id: int) -> str:
@@ -64,9 +84,116 @@ def groups_for(
     return groups
 
 
+# --- the live stream: sequence numbers and replay ------------------------------------------
+
+STREAM_KEY = "hitl:live"
+OVERFLOW_TYPE = "live.overflow"  # put in a socket's backlog in place of what was dropped
+
+
+def _layer_host() -> dict[str, Any]:
+    host: dict[str, Any] = decode_hosts(settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"])[0]
+    return host
+
+
+@functools.cache
+def _client(address: str, connect_timeout: float, socket_timeout: float) -> redis.Redis:
+    return redis.Redis.from_url(
+        address, socket_connect_timeout=connect_timeout, socket_timeout=socket_timeout
+    )
+
+
+def stream_client() -> redis.Redis:
+    """The channel layer's Redis (tests point the layer elsewhere), with the bounded timeouts
+    every Redis client of the project has."""
+    host = _layer_host()
+    return _client(
+        host["address"],
+        float(host.get("socket_connect_timeout", settings.REDIS_CONNECT_TIMEOUT)),
+        float(settings.REDIS_SOCKET_TIMEOUT),
+    )
+
+
+def _seq_key(seq: str) -> tuple[int, int]:
+    millis, _, number = seq.partition("-")
+    return int(millis), int(number or 0)
+
+
+def seq_after(seq: str, other: str) -> bool:
+    return _seq_key(seq) > _seq_key(other)
+
+
+def parse_seq(value: Any) -> str | None:
+    """A client's `after`, validated (a stream id "<ms>-<n>"), or None."""
+    if not isinstance(value, str) or len(value) > 40:
+        return None
+    try:
+        millis, number = _seq_key(value)
+    except ValueError:
+        return None
+    return f"{millis}-{number}" if millis >= 0 and number >= 0 else None
+
+
+def _append(messages: list[tuple[str, LiveMessage]]) -> None:
+    """Number each event by appending it, with its groups, to the stream (one round trip)."""
+    by_id: dict[int, tuple[LiveMessage, list[str]]] = {}
+    for group, message in messages:
+        by_id.setdefault(id(message), (message, []))[1].append(group)
+    pipe = stream_client().pipeline(transaction=False)
+    for message, groups in by_id.values():
+        fields: dict[Any, Any] = {"g": json.dumps(groups), "m": json.dumps(message)}
+        pipe.xadd(STREAM_KEY, fields, maxlen=settings.HITL_LIVE_REPLAY_MESSAGES, approximate=True)
+    for (message, _), seq in zip(by_id.values(), pipe.execute(), strict=True):
+        message["seq"] = seq.decode() if isinstance(seq, bytes) else str(seq)
+
+
+def stream_head() -> str:
+    """The newest seq (a socket that connects now has missed nothing up to it)."""
+    newest: list[Any] = stream_client().xrevrange(STREAM_KEY, count=1)  # type: ignore[assignment]
+    return newest[0][0].decode() if newest else "0-0"
+
+
+class Replay(TypedDict):
+    complete: bool  # False: the stream no longer reaches back to `after` (refetch everything)
+    messages: list[dict[str, Any]]
+    head: str
+
+
+def replay(after: str, groups: set[str]) -> Replay:
+    """Events after `after` sent to any of `groups`, oldest first (at most the stream's length).
+
+    Starts HITL_LIVE_SEND_TIMEOUT_SECONDS before `after`: two relays may number events in one
+    order and publish them in the other, but every event numbered that much earlier was
+    published before `after` was numbered, so the client had it already. What comes twice the
+    client drops by `id` (as with every at-least-once delivery here).
+    """
+    client = stream_client()
+    millis, _ = _seq_key(after)
+    start = max(millis - settings.HITL_LIVE_SEND_TIMEOUT_SECONDS * 1000, 0)
+    oldest: list[Any] = client.xrange(STREAM_KEY, count=1)  # type: ignore[assignment]
+    complete = not oldest or _seq_key(oldest[0][0].decode()) <= _seq_key(after) or millis == 0
+    messages: list[dict[str, Any]] = []
+    head = after
+    entries: list[Any] = client.xrange(STREAM_KEY, min=f"{start}-0", max="+")  # type: ignore[assignment]
+    for raw_id, fields in entries:
+        seq = raw_id.decode()
+        head = max(head, seq, key=_seq_key)
+        if groups.isdisjoint(json.loads(fields[b"g"])):
+            continue
+        message = json.loads(fields[b"m"])
+        message["seq"] = seq
+        messages.append(message)
+    return {"complete": complete, "messages": messages, "head": head}
+
+
 async def _send_all(messages: list[tuple[str, LiveMessage]]) -> None:
     layer = get_channel_layer()
     if layer is None:
+        return
+    if isinstance(layer, LiveChannelLayer):
+        pairs = [(group, dict(message)) for group, message in messages]
+        await asyncio.wait_for(
+            layer.group_send_many(pairs), timeout=settings.HITL_LIVE_SEND_TIMEOUT_SECONDS
+        )
         return
     by_group: dict[str, list[LiveMessage]] = {}
     for group, message in messages:
@@ -87,11 +214,154 @@ def broadcast(messages: list[tuple[str, LiveMessage]]) -> bool:
     if not messages:
         return True
     try:
+        _append(messages)
         async_to_sync(_send_all)(messages)
     except Exception:  # a live update must never break the caller; the outbox catches up
         logger.warning("live update failed for %d message(s)", len(messages), exc_info=True)
         return False
     return True
+
+
+# --- the channel layer ------------------------------------------------------------------------
+#
+# channels_redis's pub/sub layer (pinned, 4.3.0) keeps an unbounded in-memory queue per socket;
+# a client that stops reading would grow it without limit. This subclass bounds it at
+# HITL_LIVE_SOCKET_BACKLOG messages: on overflow the queue is emptied and replaced by one
+# OVERFLOW_TYPE message, the drop is logged and counted, and the consumer replays the socket
+# from the stream after the last `seq` it sent (consumers._Base.live_overflow).
+
+
+class _Shard(RedisSingleShardConnection):
+    channel_layer: _LoopLayer
+
+    async def publish_many(self, items: list[tuple[str, bytes]]) -> None:
+        """PUBLISH each, in order, in one round trip (the stock layer awaits one per group)."""
+        async with self._lock:
+            self._ensure_redis()
+            pipe = self._redis.pipeline(transaction=False)
+            for channel, data in items:
+                pipe.publish(channel, data)
+            await pipe.execute()
+
+    def _receive_message(self, message: Any) -> None:
+        if message is None:
+            return
+        name = message["channel"]
+        if isinstance(name, bytes):
+            name = name.decode()
+        layer = self.channel_layer
+        if name in layer.channels:
+            layer.deliver(name, message["data"])
+        else:
+            for channel in list(layer.groups.get(name, ())):
+                layer.deliver(channel, message["data"])
+
+
+class _LoopLayer(RedisPubSubLoopLayer):
+    channels: dict[str, asyncio.Queue[bytes]]
+
+    def __init__(self, hosts: Any = None, *, backlog: int = 1000, **kwargs: Any) -> None:
+        super().__init__(hosts, **kwargs)
+        self.backlog = backlog
+        self._shards = [_Shard(host, self) for host in decode_hosts(hosts)]
+
+    async def _subscribe_to_channel(self, channel: str) -> None:
+        self.channels[channel] = asyncio.Queue(maxsize=self.backlog)
+        await self._get_shard(channel).subscribe(channel)
+
+    async def group_send_many(self, pairs: list[tuple[str, dict[str, Any]]]) -> None:
+        by_shard: dict[int, tuple[_Shard, list[tuple[str, bytes]]]] = {}
+        for group, message in pairs:
+            channel = self._get_group_channel_name(group)
+            shard = self._get_shard(channel)
+            item = (channel, self.channel_layer.serialize(message))
+            by_shard.setdefault(id(shard), (shard, []))[1].append(item)
+        await asyncio.gather(*(shard.publish_many(items) for shard, items in by_shard.values()))
+
+    def deliver(self, channel: str, data: bytes) -> None:
+        queue = self.channels.get(channel)
+        if queue is None:
+            return
+        try:
+            queue.put_nowait(data)
+            return
+        except asyncio.QueueFull:
+            pass
+        dropped = 1
+        while not queue.empty():
+            queue.get_nowait()
+            dropped += 1
+        queue.put_nowait(self.channel_layer.serialize({"type": OVERFLOW_TYPE}))
+        from hitl.ops import metrics
+
+        metrics.never_raise("live overflow", lambda: metrics.LIVE_OVERFLOW.inc(dropped))
+        logger.warning(
+            "websocket %s fell %d messages behind (HITL_LIVE_SOCKET_BACKLOG=%d): dropped, "
+            "replaying from the live stream",
+            channel,
+            dropped,
+            self.backlog,
+        )
+
+
+class LiveChannelLayer(RedisPubSubChannelLayer):
+    """RedisPubSubChannelLayer with a bounded, counted, recoverable backlog per socket.
+    CONFIG: `hosts` as channels_redis, `backlog` (HITL_LIVE_SOCKET_BACKLOG)."""
+
+    async def group_send_many(self, pairs: list[tuple[str, dict[str, Any]]]) -> None:
+        """group_send for many (group, message) pairs: each group hears its messages in
+        order, and a broadcast of hundreds costs one round trip per Redis shard."""
+        await self._get_layer().group_send_many(pairs)
+
+    def _get_layer(self) -> _LoopLayer:
+        loop = asyncio.get_running_loop()
+        try:
+            layer: _LoopLayer = self._layers[loop]
+        except KeyError:
+            layer = _LoopLayer(*self._args, **self._kwargs, channel_layer=self)
+            self._layers[loop] = layer
+            _wrap_close(self, loop)
+        return layer
+
+
+# --- the rights version, read once for all the sockets that ask together -----------------------
+
+
+class _Coalesced:
+    """One cache read shared by every socket of this process that asks while it is not yet
+    under way. A read joined is one started after the joiner asked, so no socket ever acts on
+    a version older than its question: a fan-out to 500 sockets costs one GET, not 500 GETs
+    through one thread."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[asyncio.AbstractEventLoop, asyncio.Future[Any]] = {}
+
+    async def read(self) -> str | None | RightsUnknown:
+        loop = asyncio.get_running_loop()
+        future = self._waiting.get(loop)
+        if future is None:
+            future = loop.create_future()
+            self._waiting[loop] = future
+            loop.call_soon(lambda: asyncio.ensure_future(self._run(loop, future)))
+        return await asyncio.shield(future)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
+        self._waiting.pop(loop, None)  # who asks from now on waits for the next read
+        try:
+            value = await sync_to_async(rights_version, thread_sensitive=False)()
+        except BaseException as exc:  # handed to every waiter, then re-raised by each
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(value)
+
+
+_rights_reader = _Coalesced()
+
+
+async def rights_version_async() -> str | None | RightsUnknown:
+    return await _rights_reader.read()
 
 
 # --- rights changes reach open sockets -------------------------------------------------------

@@ -157,6 +157,15 @@ REDIS_TIMEOUTS = redis_clients.Timeouts(
 )
 CACHES = {"default": redis_clients.cache_config(REDIS_URL, REDIS_TIMEOUTS)}
 CHANNEL_LAYERS = {"default": redis_clients.channel_layer_config(REDIS_URL, REDIS_TIMEOUTS)}
+# Websockets ride Redis pub/sub (notifications.live.LiveChannelLayer): one publish per group,
+# fanned out in each web process, so no shared per-process list with a capacity of 100 drops
+# messages. A socket may fall HITL_LIVE_SOCKET_BACKLOG messages behind before its backlog is
+# dropped (logged, counted) and replayed from the live stream, which keeps the last
+# HITL_LIVE_REPLAY_MESSAGES events for sockets that resume after a `seq`.
+HITL_LIVE_SOCKET_BACKLOG = env_int("HITL_LIVE_SOCKET_BACKLOG", 1000, minimum=10)
+HITL_LIVE_REPLAY_MESSAGES = env_int("HITL_LIVE_REPLAY_MESSAGES", 10000, minimum=100)
+CHANNEL_LAYERS["default"]["BACKEND"] = "notifications.live.LiveChannelLayer"
+CHANNEL_LAYERS["default"]["CONFIG"]["backlog"] = HITL_LIVE_SOCKET_BACKLOG
 
 AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",

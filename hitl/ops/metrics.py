@@ -93,6 +93,11 @@ WEBHOOK_DURATION = Histogram(
     ["result"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30),
 )
+LIVE_OVERFLOW = Counter(
+    "nihil_live_messages_dropped",
+    "Websocket messages dropped because a socket's backlog (HITL_LIVE_SOCKET_BACKLOG) was "
+    "full; each drop is replayed to the socket from the live stream (notifications.live).",
+)
 HTTP_DURATION = Histogram(
     "nihil_http_request_duration_seconds",
     "HTTP request latency by view (URL name), method and status class.",

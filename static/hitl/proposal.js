@@ -44,14 +44,23 @@
   let leaving = false;
   const statusEvents = ["proposal.approved", "proposal.rejected", "proposal.cancelled",
     "proposal.revoked", "proposal.changes_requested", "proposal.revised", "proposal.edited"];
+  // After a reconnect the socket's first message (a snapshot of the proposal as it is now)
+  // catches up on whatever was missed meanwhile; we compare it like any event.
+  let delay = 1000;
   function connect() {
     const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/proposals/" + root.dataset.proposal + "/");
+    ws.onopen = function () { delay = 1000; };
     ws.onmessage = function (e) {
       const m = JSON.parse(e.data);
-      if (leaving || !statusEvents.includes(m.type)) return;
+      if (leaving || !(m.type === "snapshot" || statusEvents.includes(m.type))) return;
       if (m.status !== root.dataset.status || String(m.revision) !== root.dataset.revision) {
         document.getElementById("live-note").hidden = false;
       }
+    };
+    ws.onclose = function (e) {
+      if (leaving || e.code === 4401 || e.code === 4403 || e.code === 4404) return;
+      setTimeout(connect, delay);
+      delay = Math.min(delay * 2, 30000);
     };
   }
   connect();

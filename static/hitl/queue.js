@@ -68,26 +68,38 @@
   }
 
   // Live: the socket says "something changed"; the server re-applies the permission rules
-  // when we refetch. After a reconnect we refetch at once: that catches up on anything missed.
-  let delay = 500, timer = null, everConnected = false, socket = null;
+  // when we refetch. Every message carries `seq`; after a reconnect we open with ?after=<the
+  // last seq heard> and the server replays what we missed (any replayed event refetches).
+  // Without a seq yet, or on "resync" (the server's history no longer reaches back), refetch.
+  let delay = 500, timer = null, everConnected = false, socket = null, lastSeq = null;
   function setLive(state) {
     live.textContent = state;
     live.classList.toggle("on", state === "live");
     live.classList.toggle("off", state !== "live");
   }
+  function changed() {
+    clearTimeout(timer);
+    timer = setTimeout(refresh, 50);
+  }
   function connect() {
-    socket = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/queue/");
+    const after = lastSeq ? "?after=" + encodeURIComponent(lastSeq) : "";
+    socket = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/queue/" + after);
     socket.onopen = function () {
       setLive("live");
       delay = 500;
-      if (everConnected) refresh();
+      if (everConnected && !lastSeq) refresh();
       everConnected = true;
     };
     socket.onmessage = function (e) {
       const msg = JSON.parse(e.data);
-      if (msg.type === "hello" || msg.type === "pong") return;
-      clearTimeout(timer);
-      timer = setTimeout(refresh, 50);
+      if (msg.type === "hello") {
+        if (!lastSeq) lastSeq = msg.seq || null; // a resumed socket keeps its own place
+        return;
+      }
+      if (msg.type === "pong") return;
+      if (msg.type === "resumed") { if (msg.seq) lastSeq = msg.seq; return; }
+      if (msg.seq) lastSeq = msg.seq;
+      changed(); // an event, or "resync"
     };
     socket.onclose = function () {
       setLive("reconnecting…");
