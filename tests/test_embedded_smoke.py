@@ -296,6 +296,50 @@ def assert_stopped_beside(env: dict[str, str], run_dir: Path) -> None:
     assert "`manage.py up` is not running" in report["problems"][0]
 
 
+METRICS_TOKEN = "up-test-metrics-token"
+
+
+def _parent_pid(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def assert_every_web_process_serves(base: str, run_dir: Path, key: str, *, processes: int) -> None:
+    """`up --workers N`: N uvicorn processes answer on the one port, and /metrics (served by
+    any of them) sums the request counts of all of them (Prometheus multiprocess files, one
+    set per process id, under <run dir>/metrics)."""
+    metrics_dir = run_dir / "metrics"
+
+    def web_pids() -> set[int]:
+        pids = set()
+        for path in metrics_dir.glob("histogram_*.db"):
+            pid = int(path.stem.split("_")[1])
+            try:  # a web process: its parent is uvicorn's supervisor
+                parent = Path(f"/proc/{_parent_pid(pid)}/cmdline").read_bytes()
+            except (OSError, ValueError, IndexError):
+                continue
+            if b"uvicorn" in parent:
+                pids.add(pid)
+        return pids
+
+    requests = 0
+    deadline = time.monotonic() + 60
+    while len(web_pids()) < processes and time.monotonic() < deadline:
+        for _ in range(10):  # a new connection each: the kernel hands it to either process
+            httpx.get(f"{base}/api/v1/checkpoints/", headers={"Authorization": f"Bearer {key}"})
+            requests += 1
+    assert len(web_pids()) == processes, sorted(metrics_dir.iterdir())
+    scraped = httpx.get(
+        f"{base}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=30
+    ).text
+    counts = re.findall(
+        r'^nihil_http_request_duration_seconds_count\{[^}]*view="([^"]+)"[^}]*\} (\S+)',
+        scraped,
+        re.M,
+    )
+    assert sum(float(n) for view, n in counts if "checkpoint" in view) >= requests, counts
+
+
 @pytest.fixture
 def postgres_database_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database of this test's own (dropped afterwards)."""
@@ -324,10 +368,14 @@ def test_commands_beside_up_share_its_key_and_redis_in_postgresql_mode(
     hitl_status reports that instead of another install's heartbeats."""
     env = {k: v for k, v in env.items() if k != "SECRET_KEY"}  # up persists its own
     env["DATABASE_URL"] = postgres_database_url
+    env["HITL_METRICS_TOKEN"] = METRICS_TOKEN
     run_dir = tmp_path / "run"
     port = embedded.free_port()
     up = subprocess.Popen(
-        [sys.executable, MANAGE, "up", "--port", str(port), "--run-dir", str(run_dir)],
+        [
+            *(sys.executable, MANAGE, "up", "--port", str(port), "--run-dir", str(run_dir)),
+            *("--workers", "2"),  # production serving: two ASGI processes on one port
+        ],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -341,6 +389,7 @@ def test_commands_beside_up_share_its_key_and_redis_in_postgresql_mode(
         reviewer_key = manage(beside(env, run_dir), "create_api_key", "ingrid").split()[-1]
         final = submit_and_approve(f"http://127.0.0.1:{port}", key, reviewer_key)
         assert final["status"] == "approved"
+        assert_every_web_process_serves(f"http://127.0.0.1:{port}", run_dir, key, processes=2)
         assert_healthy_beside(env, run_dir)
     finally:
         code = stop(up)

@@ -94,6 +94,13 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1", help="web server address")
         parser.add_argument("--port", type=int, default=8000, help="web server port")
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=None,
+            help="web (ASGI) processes sharing the port (default: $WEB_CONCURRENCY or 1); "
+            "each has its own database pool of up to DB_POOL_MAX_SIZE connections",
+        )
         parser.add_argument("--no-worker", action="store_true", help="do not start a worker")
         parser.add_argument("--no-beat", action="store_true", help="do not start Celery beat")
         parser.add_argument("--no-seed", action="store_true", help="skip seed_demo")
@@ -254,6 +261,7 @@ class Command(BaseCommand):
         self, env: dict[str, str], host: str, port: int, options: dict[str, Any]
     ) -> None:
         python = sys.executable
+        workers = web_workers(options.get("workers"))
         services: list[tuple[str, list[str]]] = [
             (
                 "web",
@@ -268,6 +276,11 @@ class Command(BaseCommand):
                     str(port),
                     "--lifespan",
                     "off",  # Django's ASGI app has no lifespan protocol
+                    # N processes on one listening socket (uvicorn's supervisor restarts one
+                    # that dies). Websockets need nothing more: every process subscribes to
+                    # the groups of its own sockets (notifications.live), and Prometheus
+                    # files are per process id in the shared multiprocess dir.
+                    *(["--workers", str(workers)] if workers > 1 else []),
                 ],
             )
         ]
@@ -419,6 +432,19 @@ class Command(BaseCommand):
     @property
     def credentials(self) -> Path:
         return self.run_dir / default_credentials_file().name
+
+
+def web_workers(option: int | None) -> int:
+    """--workers, else $WEB_CONCURRENCY (the variable uvicorn and gunicorn read), else 1."""
+    if option is None:
+        raw = os.environ.get("WEB_CONCURRENCY", "").strip()
+        try:
+            option = int(raw) if raw else 1
+        except ValueError:
+            raise CommandError(f"WEB_CONCURRENCY={raw!r} is not a number.") from None
+    if option < 1:
+        raise CommandError("--workers must be at least 1.")
+    return option
 
 
 def _connect_host(host: str) -> str:
