@@ -7,6 +7,9 @@ credentials file (mode 600), so `manage.py up` shows the same ones on every star
   the key file); an agent configured with it keeps working across restarts. A new key (the
   old one revoked) only with --rotate-key, or when the kept one no longer works;
 - passwords are generated only for users this run creates (or all with --reset-passwords).
+
+`--proposals N` adds N generated proposals with decided history (hitl/demo_bulk.py: the one
+place history is written in bulk, by COPY, not through the services one by one).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -26,8 +30,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from guardian.shortcuts import assign_perm
 
-from hitl import demo_history
+from hitl import demo_bulk, demo_history
 from hitl.keys import api_key_create, api_key_find, api_key_revoke, service_account_create
+from hitl.management.progress import Progress, add_progress_argument, refuse
 from hitl.models import ApiKey, ServiceAccount
 from proposals import permissions, services
 from proposals.models import Checkpoint, Proposal
@@ -505,6 +510,8 @@ def seed_demo(
     reset_passwords: bool = False,
     api_key_file: Path | None = None,
     rotate_key: bool = False,
+    bulk_proposals: int = 0,
+    on_progress: Callable[[int], None] | None = None,
 ) -> SeedResult:
     """Create (or complete) the demo data; keep the demo API key in `api_key_file` (a new one
     when there is none that works, or with `rotate_key`)."""
@@ -521,6 +528,12 @@ def seed_demo(
         write_credentials(credentials_file, seeder.logins, known)
     if api_key_file is not None and token != kept:
         write_api_key(api_key_file, token)
+    if bulk_proposals:
+        # After the demo's own transaction: the bulk path commits chunk by chunk, so a large
+        # run neither holds one huge transaction nor the audit chain for its whole length.
+        seeder.created["bulk_proposals"] = demo_bulk.generate(
+            agent=agent, count=bulk_proposals, on_progress=on_progress
+        )
     return SeedResult(
         api_key=token,
         logins=seeder.logins,
@@ -530,6 +543,7 @@ def seed_demo(
             "checkpoints": len(CHECKPOINTS),
             "users": len(seeder.logins) + 1,
             "proposals": Proposal.objects.filter(external_id__startswith=DEMO_PREFIX).count(),
+            "bulk_proposals": demo_bulk.existing(),
         },
     )
 
@@ -547,7 +561,12 @@ class Command(BaseCommand):
     help = (
         "Load demo data: the example checkpoints (inspection-schedule, policy-change, "
         "data-purchase, demo-quick-timeout), reviewers, a manager, an admin, the demo-agent "
-        "service account and a dozen proposals. Safe to re-run; prints the demo API key."
+        "service account, a dozen proposals and HITL_DEMO_HISTORY_DAYS of decided history. "
+        "Safe to re-run (adds only what is missing); prints the logins and the demo API key, "
+        "which is kept across runs. --proposals N adds N generated proposals with their "
+        "votes, history, outbox and audit events, written in bulk (the one place history is "
+        "written in bulk; 100,000 in about a minute on PostgreSQL). "
+        "Exit codes: 0 seeded, 2 refused (production settings without --force, bad arguments)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -580,20 +599,38 @@ class Command(BaseCommand):
         parser.add_argument(
             "--force", action="store_true", help="seed even with the production settings"
         )
+        parser.add_argument(
+            "--proposals",
+            type=int,
+            default=0,
+            metavar="N",
+            help="also load N generated proposals (numbered bulk-0000001...) with decided "
+            "history, written in bulk; a re-run tops up to N",
+        )
+        add_progress_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         if _is_production() and not options["force"]:
-            raise CommandError(
+            raise refuse(
                 "Refusing to load demo users into a production install (they come with "
                 "known logins). Pass --force if you really mean it."
             )
+        if options["proposals"] < 0:
+            raise refuse("--proposals must be 0 or more.")
         credentials_file = options["credentials_file"] or default_credentials_file()
-        result = seed_demo(
-            credentials_file=credentials_file,
-            reset_passwords=options["reset_passwords"],
-            api_key_file=options["api_key_file"] or credentials_file.parent / "demo-api-key",
-            rotate_key=options["rotate_key"],
-        )
+        wanted = options["proposals"]
+        total = max(0, wanted - demo_bulk.existing()) if wanted else 0
+        # No bar at all when there is nothing to count (a plain re-seed).
+        shown = options if total else {**options, "no_progress": True}
+        with Progress(self, shown, total=total, desc="proposals") as bar:
+            result = seed_demo(
+                credentials_file=credentials_file,
+                reset_passwords=options["reset_passwords"],
+                api_key_file=options["api_key_file"] or credentials_file.parent / "demo-api-key",
+                rotate_key=options["rotate_key"],
+                bulk_proposals=wanted,
+                on_progress=bar.update,
+            )
         if options["json"]:
             self.stdout.write(json.dumps(result.as_dict()))
             return
@@ -606,7 +643,13 @@ class Command(BaseCommand):
                 f"Demo data ready: {totals['checkpoints']} checkpoints "
                 f"({created['checkpoints']} new), {totals['users']} users "
                 f"({created['users']} new), {totals['proposals']} proposals "
-                f"({created['proposals']} new)."
+                f"({created['proposals']} new)"
+                + (
+                    f", {totals['bulk_proposals']} bulk proposals "
+                    f"({created.get('bulk_proposals', 0)} new)."
+                    if totals.get("bulk_proposals")
+                    else "."
+                )
             ),
             f"Demo logins (kept in {result.credentials_file}, mode 600):",
         ]
