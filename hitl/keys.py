@@ -76,11 +76,17 @@ def api_key_authenticate(token: str) -> ApiKey | None:
     api_key = api_key_find(token)
     if api_key is None:
         return None
-    now = timezone.now()
-    # Written at most once a minute per key, so busy agents don't turn reads into writes.
-    if api_key.last_used_at is None or (now - api_key.last_used_at).total_seconds() > 60:
-        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+    api_key_touch(api_key)
     return api_key
+
+
+def api_key_touch(api_key: ApiKey) -> None:
+    """Record a use. Written at most once a minute per key, so busy agents don't turn reads
+    into writes; `api_key` (which may be a cached copy) is updated too."""
+    now = timezone.now()
+    if api_key.last_used_at is None or (now - api_key.last_used_at).total_seconds() > 60:
+        api_key.last_used_at = now
+        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
 
 
 def api_key_find(token: str) -> ApiKey | None:

@@ -16,11 +16,31 @@ from proposals.permissions import MANAGE, REVIEW_ESCALATED, eligible_reviewers, 
 logger = logging.getLogger(__name__)
 
 
+class _Sent:
+    """What a send hands back here: the id, nothing else. `apply_async` answers with an
+    AsyncResult, whose constructor fetches the app's result backend; Celery caches that backend
+    per thread, and the ASGI server runs every request in a fresh thread, so each publish on
+    commit rebuilt a Redis result backend (three quarters of the kick's time). No task here
+    has a result to fetch (task_ignore_result), so nothing needs the backend."""
+
+    def __init__(self, task_id: str) -> None:
+        self.id = task_id
+        self.ignored = True
+
+
 def enqueue(task: Task, *args: Any) -> bool:
     """Send a task without ever failing the caller: when the broker is down the beat safety
-    nets (relay, due deliveries) pick the work up later."""
+    nets (relay, due deliveries) pick the work up later. Published through the app's
+    process-wide producer pool; the broker's bounded-publish options (redis_clients) keep a
+    down broker from holding the caller."""
     try:
-        task.apply_async(args=args, retry=False)
+        task.app.send_task(
+            task.name,
+            args=args,
+            retry=False,
+            ignore_result=True,
+            result_cls=_Sent,  # type: ignore[arg-type]  # duck-typed: Celery only sets .ignored
+        )
     except Exception:
         logger.warning(
             "could not enqueue %s%r; the periodic sweep will retry", task.name, args, exc_info=True

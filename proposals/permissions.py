@@ -214,13 +214,21 @@ def electorate(checkpoint: Checkpoint, *, submitter_id: int | None, escalated: b
     """The users who may vote on a proposal of this checkpoint, by `may_vote_with`: the
     approvers `all` and `majority` count. Counted at submission and again at escalation
     (escalation groups join the electorate; the required number of approvals stays)."""
+    ids = electorate_ids(checkpoint, submitter_id=submitter_id, escalated=escalated)
+    return get_user_model().objects.filter(pk__in=ids, is_active=True)
+
+
+def electorate_ids(
+    checkpoint: Checkpoint, *, submitter_id: int | None, escalated: bool
+) -> set[int]:
+    """The ids of `electorate`, in one query: `_grant_rows` counts active users only, so the
+    size of this set is the electorate's size without reading the users."""
     held = _grants_on(checkpoint, voting_codenames(escalated=True))
-    ids = [
+    return {
         uid
         for uid, grants in held.items()
         if may_vote_with(grants, is_submitter=uid == submitter_id, escalated=escalated)
-    ]
-    return get_user_model().objects.filter(pk__in=ids, is_active=True)
+    }
 
 
 def eligible_reviewers(checkpoint: Checkpoint, *, exclude_user_id: int | None) -> Any:

@@ -62,6 +62,7 @@ from proposals.permissions import (
     Access,
     access_for,
     electorate,
+    electorate_ids,
     may_cancel,
     may_revise,
     may_revoke,
@@ -318,7 +319,7 @@ def proposal_submit(
         escalate_after_seconds=checkpoint.escalate_after_seconds,
     )
     with transaction.atomic():
-        eligible = electorate(checkpoint, submitter_id=submitter.pk, escalated=False).count()
+        eligible = len(electorate_ids(checkpoint, submitter_id=submitter.pk, escalated=False))
         proposal = Proposal(
             id=uuid.uuid4(),
             checkpoint=checkpoint,
@@ -352,18 +353,22 @@ def proposal_submit(
             updated_at=now,
         )
         proposal._history_user = submitter  # type: ignore[attr-defined]
-        try:
-            with transaction.atomic():
-                proposal.save(force_insert=True)
-        except IntegrityError:
-            # Only the (submitter, idempotency_key) constraint can fail on a fresh UUID: the
-            # key's API record expired (HITL_IDEMPOTENCY_TTL_HOURS) but keys stay unique.
-            raise IdempotencyMismatch(
-                "This Idempotency-Key was already used for another proposal."
-            ) from None
+        if idempotency_key is None:
+            # A fresh UUID and no key: no constraint can fail, so no savepoint to pay for.
+            proposal.save(force_insert=True)
+        else:
+            try:
+                with transaction.atomic():
+                    proposal.save(force_insert=True)
+            except IntegrityError:
+                # Only the (submitter, idempotency_key) constraint can fail on a fresh UUID:
+                # the key's API record expired (HITL_IDEMPOTENCY_TTL_HOURS) but keys stay unique.
+                raise IdempotencyMismatch(
+                    "This Idempotency-Key was already used for another proposal."
+                ) from None
         # Created in this transaction: invisible to everyone else, so as good as locked.
         proposal._hitl_locked = True  # type: ignore[attr-defined]
-        Revision.objects.create(
+        revision = Revision.objects.create(
             proposal=proposal,
             number=1,
             kind=RevisionKind.SUBMITTED,
@@ -411,7 +416,21 @@ def proposal_submit(
                 resolution=decision.resolution,
                 reason=decision.reason,
             )
+    # What was written is what the caller answers with: its one revision and no votes yet,
+    # without reading the proposal back (hitl.api.views).
+    _as_prefetched(proposal, revisions=[revision], votes=[])
     return proposal
+
+
+def _as_prefetched(proposal: Proposal, **related: list[Any]) -> None:
+    """Fill the prefetch cache of `proposal`'s reverse relations with rows already in hand, as
+    prefetch_related would: `proposal.revisions.all()` then reads no rows."""
+    cache = proposal.__dict__.setdefault("_prefetched_objects_cache", {})
+    for name, rows in related.items():
+        queryset = getattr(proposal, name).all()
+        queryset._result_cache = rows
+        queryset._prefetch_done = True
+        cache[name] = queryset
 
 
 # --- votes ---------------------------------------------------------------------------------

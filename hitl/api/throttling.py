@@ -34,6 +34,17 @@ class _Breaker:
 breaker = _Breaker()
 
 
+def cache_failed() -> None:
+    """A Redis read failed (here or in the key cache, hitl.authentication): skip Redis, the
+    rate limit with it, for a while."""
+    breaker.trip()
+    logger.warning(
+        "rate limiting skipped for %.0f s: cache unavailable",
+        SKIP_AFTER_FAILURE_SECONDS,
+        exc_info=True,
+    )
+
+
 class _FailOpen:
     def allow_request(self, request: Any, view: Any) -> bool:
         if breaker.open():
@@ -41,12 +52,7 @@ class _FailOpen:
         try:
             return bool(super().allow_request(request, view))  # type: ignore[misc]
         except Exception:  # the cache backend's connection errors vary by client library
-            breaker.trip()
-            logger.warning(
-                "rate limiting skipped for %.0f s: cache unavailable",
-                SKIP_AFTER_FAILURE_SECONDS,
-                exc_info=True,
-            )
+            cache_failed()
             return True
 
 
