@@ -2,8 +2,13 @@
 
 Each event's `hash` is sha256 over its canonical content (RFC 8785, so the numbers PostgreSQL's
 jsonb rewrites still verify; `hash_version` keeps older rows on the rule they were written with)
-plus the previous event's hash, so editing, deleting or reordering any row breaks the chain
-there (`manage.py audit_verify` names every broken link).
+plus the previous event's hash in its chain, so editing, deleting or reordering any row breaks
+its chain there (`manage.py audit_verify` names every broken link).
+
+There are HITL_AUDIT_CHAINS chains (audit.services), each with its own lock, positions and
+links, so writers on different chains never wait for each other; chain 0 also carries anchors,
+events naming every other chain's head, so a chain cut at its end is caught. Rows written
+before chains existed are chain 0, position = seq, unchanged.
 On PostgreSQL a trigger also refuses UPDATE and DELETE on the table (migration 0002).
 """
 
@@ -28,7 +33,15 @@ class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
 
 
 class AuditEvent(models.Model):
-    seq = models.BigIntegerField(unique=True, help_text="Position in the hash chain, from 1.")
+    seq = models.BigIntegerField(
+        unique=True,
+        help_text="Order of appends over all chains (a database sequence: increasing, with gaps "
+        "where a transaction rolled back). Within a chain it increases with chain_seq.",
+    )
+    chain = models.PositiveSmallIntegerField(
+        default=0, help_text="Which hash chain (0 for rows from before chains, and anchors)."
+    )
+    chain_seq = models.BigIntegerField(help_text="Position in its chain, from 1, no gaps.")
     created_at = models.DateTimeField()
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -55,7 +68,8 @@ class AuditEvent(models.Model):
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64, unique=True)
     hash_version = models.PositiveSmallIntegerField(
-        help_text="How `hash` was computed: 1 Python JSON text (before RFC 8785), 2 RFC 8785."
+        help_text="How `hash` was computed: 1 Python JSON text (before RFC 8785), 2 RFC 8785, "
+        "3 RFC 8785 with chain and chain_seq."
     )
 
     objects = AuditEventQuerySet.as_manager()
@@ -63,9 +77,13 @@ class AuditEvent(models.Model):
     class Meta:
         ordering = ["seq"]
         indexes = [models.Index(fields=["proposal", "seq"], name="audit_proposal_seq_idx")]
+        constraints = [
+            # Also the index the head of each chain is read from.
+            models.UniqueConstraint(fields=["chain", "chain_seq"], name="audit_chain_position"),
+        ]
 
     def __str__(self) -> str:
-        return f"#{self.seq} {self.verb} by {self.actor_label}"
+        return f"#{self.chain}.{self.chain_seq} {self.verb} by {self.actor_label}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         if not self._state.adding:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import zlib
 from collections.abc import Generator
 from contextlib import closing
 from dataclasses import dataclass
@@ -11,8 +13,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 import rfc8785
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from audit.models import AuditEvent
@@ -42,7 +46,8 @@ def jsonable(value: Any) -> Any:
 # table is append-only, and re-hashing would bless whatever had been edited before.
 HASH_V1_PYTHON_JSON = 1  # sha256 over Python's json.dumps text: jsonb rewrites some numbers
 HASH_V2_JCS = 2  # sha256 over RFC 8785 (JCS): survives jsonb and SQLite round trips
-HASH_VERSION = HASH_V2_JCS
+HASH_V3_CHAINS = 3  # as 2, with the event's chain and position in it (audit chains below)
+HASH_VERSION = HASH_V3_CHAINS
 
 # jsonb hands integral floats from 1e16 up back as ints ("1e+16" -> 10000000000000000):
 # below that Python writes them with ".0", which jsonb keeps.
@@ -106,13 +111,27 @@ def _event_body(
     }
 
 
-def event_hash(*, prev_hash: str, hash_version: int = HASH_VERSION, **fields: Any) -> str:
+def event_hash(
+    *,
+    prev_hash: str,
+    hash_version: int = HASH_VERSION,
+    chain: int = 0,
+    chain_seq: int | None = None,
+    **fields: Any,
+) -> str:
+    """`chain` and `chain_seq` are hashed from version 3 on; rows from before chains are chain
+    0 at position seq, and their hash stays what it was."""
     body = _event_body(**fields)
     if hash_version == HASH_V1_PYTHON_JSON:
         text = canonical_json(body).encode()
-    elif hash_version == HASH_V2_JCS:
+    elif hash_version in (HASH_V2_JCS, HASH_V3_CHAINS):
         # The version is hashed too: relabelling a row as v1 cannot dodge the v2 check.
-        text = rfc8785.dumps(_as_jcs_numbers({**body, "hash_version": hash_version}))
+        body["hash_version"] = hash_version
+        if hash_version == HASH_V3_CHAINS:
+            # Moving a row to another chain or position breaks its hash, not only a link.
+            body["chain"] = chain
+            body["chain_seq"] = chain_seq
+        text = rfc8785.dumps(_as_jcs_numbers(body))
     else:
         raise ValueError(f"unknown audit hash version {hash_version}")
     return hashlib.sha256(text + prev_hash.encode()).hexdigest()
@@ -131,6 +150,8 @@ def _fields_of(event: AuditEvent) -> dict[str, Any]:
         "data": event.data,
         "reason": event.reason,
         "prev_hash": event.prev_hash,
+        "chain": event.chain,
+        "chain_seq": event.chain_seq,
     }
 
 
@@ -182,13 +203,115 @@ def _hash_matches(event: AuditEvent) -> bool:
     return False
 
 
-def _lock_chain() -> None:
-    """Serialize appends: the chain has one head. Held to the end of the transaction, so callers
-    take it last, after every row lock they need (a holder never waits on a proposal row, which
-    keeps appenders deadlock-free). SQLite already serializes writers."""
+# --- chains --------------------------------------------------------------------------------
+#
+# One chain would make every audited write in the system queue behind one lock. There are
+# HITL_AUDIT_CHAINS of them instead, each with its own advisory lock, positions (chain_seq) and
+# links (prev_hash). A transaction appends to one chain only: the one its first event picks
+# (a stable hash of the proposal id; chain 0 for events without a proposal), and every later
+# event of that transaction joins it. So a transaction holds at most one chain lock, taken
+# after every row lock it needs, exactly as with the single chain before: appenders cannot
+# deadlock, and two transactions wait for each other only when they picked the same chain.
+# (The one exception, anchors, take chain 0 last; nothing that holds chain 0 waits for another.)
+#
+# Chain 0 also carries anchors (audit_anchor): an event naming every other chain's head, so
+# rows cut from the end of a chain, which its own links cannot show, are caught by
+# audit_verify against the last anchor.
+
+DEFAULT_CHAINS = 16
+ANCHOR_VERB = "audit.anchored"
+GLOBAL_SEQUENCE = "audit_auditevent_global_seq"  # migration 0004
+
+
+def chain_count() -> int:
+    """HITL_AUDIT_CHAINS, from the settings or else the environment. Lowering it is safe:
+    chains above it stop growing and are still walked and anchored."""
+    configured = getattr(settings, "HITL_AUDIT_CHAINS", None)
+    if configured is None:
+        configured = os.environ.get("HITL_AUDIT_CHAINS") or DEFAULT_CHAINS
+    return max(1, int(configured))
+
+
+def chain_of(proposal_id: Any) -> int:
+    """Stable across processes and restarts (crc32, not Python's salted hash())."""
+    if proposal_id is None:
+        return 0
+    return zlib.crc32(str(proposal_id).encode()) % chain_count()
+
+
+def _lock_chain(chain: int) -> None:
+    """Serialize appends to one chain, to the end of the transaction. SQLite already
+    serializes writers."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, 0)", [AUDIT_LOCK_CLASS])
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [AUDIT_LOCK_CLASS, chain])
+
+
+class _ChainHold:
+    """Marks, in the transaction's on-commit list, that it holds a chain lock. Django drops
+    the entry when the transaction ends and when the savepoint it was added in rolls back;
+    PostgreSQL releases the advisory lock in exactly the same cases, so "the entry is still
+    there" means "the lock is still held" (a roundtrip to pg_locks would say the same)."""
+
+    __slots__ = ("chain",)
+
+    def __init__(self, chain: int) -> None:
+        self.chain = chain
+
+    def __call__(self) -> None:  # run on commit: nothing to do
+        pass
+
+
+def _held_chain() -> int | None:
+    hold = getattr(connection, "_audit_chain_hold", None)
+    if hold is None:
+        return None
+    for entry in connection.run_on_commit:
+        if entry[1] is hold:
+            return cast(int, hold.chain)
+    return None
+
+
+def _enter_chain(wanted: int, *, force: bool) -> int:
+    """The chain this transaction appends to, locking it on first use. With `force` (anchors,
+    always chain 0) the wanted chain is locked even if the transaction holds another."""
+    held = _held_chain()
+    if held is not None and (held == wanted or not force):
+        return held
+    _lock_chain(wanted)
+    if held is None:
+        hold = _ChainHold(wanted)
+        transaction.on_commit(hold)
+        connection._audit_chain_hold = hold  # type: ignore[attr-defined]
+    return wanted
+
+
+def _next_position(chain: int) -> tuple[int, int, str]:
+    """(seq, chain_seq, prev_hash) for the next event of `chain`; its lock is held. Read in a
+    statement of its own after the lock statement: a statement's snapshot is taken when it
+    starts, so a head read in the locking statement could miss the previous holder's row."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT nextval(%s), head.chain_seq, head.hash"
+                " FROM (SELECT 1) AS one LEFT JOIN LATERAL ("
+                "  SELECT chain_seq, hash FROM audit_auditevent WHERE chain = %s"
+                "  ORDER BY chain_seq DESC LIMIT 1) AS head ON true",
+                [GLOBAL_SEQUENCE, chain],
+            )
+            seq, last_position, last_hash = cursor.fetchone()
+    else:
+        head = (
+            AuditEvent.objects.filter(chain=chain)
+            .order_by("-chain_seq")
+            .values_list("chain_seq", "hash")
+            .first()
+        )
+        last_position, last_hash = head if head else (None, None)
+        seq = (AuditEvent.objects.aggregate(top=Max("seq"))["top"] or 0) + 1
+    if last_position is None:
+        return int(seq), 1, GENESIS_HASH
+    return int(seq), int(last_position) + 1, str(last_hash)
 
 
 def audit_record(
@@ -200,20 +323,25 @@ def audit_record(
     revision: int | None = None,
     data: dict[str, Any] | None = None,
     reason: str = "",
+    chain: int | None = None,
 ) -> AuditEvent:
-    """Append one event. Precondition: inside the transaction that makes the change it records."""
+    """Append one event. Precondition: inside the transaction that makes the change it records.
+    `chain` is for anchors only; every other event goes where its transaction appends."""
     if not connection.in_atomic_block:
         raise RuntimeError("audit_record must run inside the transaction it records.")
-    _lock_chain()
-    last = AuditEvent.objects.order_by("-seq").only("seq", "hash").first()
-    seq = last.seq + 1 if last else 1
-    prev_hash = last.hash if last else GENESIS_HASH
+    if chain is None:
+        chain = _enter_chain(chain_of(proposal.pk if proposal is not None else None), force=False)
+    else:
+        chain = _enter_chain(chain, force=True)
+    seq, position, prev_hash = _next_position(chain)
     authenticated = actor is not None and actor.is_authenticated
     actor_user = cast("User | None", actor if authenticated else None)
     if checkpoint is None and proposal is not None:
         checkpoint = proposal.checkpoint
     event = AuditEvent(
         seq=seq,
+        chain=chain,
+        chain_seq=position,
         created_at=timezone.now(),
         actor=actor_user,
         actor_label=actor_user.get_username() if actor_user is not None else "system",
@@ -231,17 +359,69 @@ def audit_record(
     return event
 
 
+def chain_heads() -> dict[int, tuple[int, str]]:
+    """{chain: (chain_seq, hash)} of every chain but 0 that has events: one index lookup each."""
+    last = AuditEvent.objects.aggregate(top=Max("chain"))["top"] or 0
+    heads: dict[int, tuple[int, str]] = {}
+    for chain in range(1, max(chain_count() - 1, last) + 1):
+        head = (
+            AuditEvent.objects.filter(chain=chain)
+            .order_by("-chain_seq")
+            .values_list("chain_seq", "hash")
+            .first()
+        )
+        if head is not None:
+            heads[chain] = (int(head[0]), str(head[1]))
+    return heads
+
+
+def _anchored_heads(event: AuditEvent) -> dict[int, tuple[int, str]]:
+    heads = event.data.get("heads") if isinstance(event.data, dict) else None
+    out: dict[int, tuple[int, str]] = {}
+    for head in heads if isinstance(heads, list) else []:
+        try:
+            out[int(head["chain"])] = (int(head["chain_seq"]), str(head["hash"]))
+        except (KeyError, TypeError, ValueError):
+            continue  # an edited anchor: its own hash check reports it
+    return out
+
+
+def audit_anchor() -> AuditEvent | None:
+    """Write every other chain's head into chain 0, unless nothing moved since the last
+    anchor. Run periodically (each sweep): a chain cut below its last anchored position is
+    caught; only what was appended since the last anchor could go unnoticed, as the end of
+    a single chain always could."""
+    with transaction.atomic():
+        _enter_chain(0, force=True)  # one anchorer at a time; heads read after the lock
+        heads = chain_heads()
+        last = AuditEvent.objects.filter(chain=0, verb=ANCHOR_VERB).order_by("-chain_seq").first()
+        if not heads or (last is not None and _anchored_heads(last) == heads):
+            return None
+        listed = [
+            {"chain": chain, "chain_seq": position, "hash": hash_}
+            for chain, (position, hash_) in sorted(heads.items())
+        ]
+        return audit_record(verb=ANCHOR_VERB, actor=None, data={"heads": listed}, chain=0)
+
+
 @dataclass(frozen=True)
 class BrokenLink:
+    """`seq` and `event_id` name the row (for a chain cut at its end: the anchor that shows
+    it); `chain` and `position` where in which chain the break is."""
+
     seq: int
     event_id: int
     problem: str
+    chain: int = 0
+    position: int = 0
 
 
 class ChainWalk:
-    """One pass over the chain in seq order, in chunks (constant memory whatever its length).
-    Iterating yields every problem, not just the first: a false alarm must not hide real breaks
-    after it. `checked` counts the events seen so far."""
+    """One pass over every chain in position order, in chunks (constant memory whatever their
+    length: what is kept is one anchored head per chain). Chain 0 goes first, so its anchors
+    are known before the chains they name are walked (and, walked later, those chains hold at
+    least what the anchors saw). Iterating yields every problem, not just the first: a false
+    alarm must not hide real breaks after it. `checked` counts the events seen so far."""
 
     def __init__(self, chunk_size: int = 2000) -> None:
         self.chunk_size = chunk_size
@@ -249,44 +429,90 @@ class ChainWalk:
         self.broken = 0
 
     def __iter__(self) -> Generator[BrokenLink, None, None]:
-        expected_seq = 1
+        # Highest anchored (chain_seq, hash) per chain, and the anchor that named it.
+        anchors: dict[int, tuple[int, str, AuditEvent]] = {}
+        with transaction.atomic():
+            last = AuditEvent.objects.aggregate(top=Max("chain"))["top"] or 0
+            for chain in range(0, max(chain_count() - 1, last) + 1):
+                yield from self._walk(chain, anchors)
+
+    def _walk(
+        self, chain: int, anchors: dict[int, tuple[int, str, AuditEvent]]
+    ) -> Generator[BrokenLink, None, None]:
+        expected = 1
         prev_hash = GENESIS_HASH
+        anchored = anchors.get(chain)
         # One statement, one snapshot (a server-side cursor on PostgreSQL): appends during
         # the walk are not half-seen.
         events = cast(
             "Generator[AuditEvent, None, None]",  # what QuerySet.iterator() really returns
-            AuditEvent.objects.order_by("seq").iterator(chunk_size=self.chunk_size),
+            AuditEvent.objects.filter(chain=chain)
+            .order_by("chain_seq")
+            .iterator(chunk_size=self.chunk_size),
         )
         # closing(): a walk abandoned early closes its cursor before its transaction ends.
-        with transaction.atomic(), closing(events):
+        with closing(events):
             for event in events:
                 self.checked += 1
                 problems = []
-                if event.seq != expected_seq:
-                    problems.append(f"expected seq {expected_seq} (row missing)")
+                if event.chain_seq != expected:
+                    problems.append(f"expected position {expected} (row missing)")
                 if event.prev_hash != prev_hash:
                     problems.append("prev_hash does not match the previous event")
                 if not _hash_matches(event):
                     problems.append("content does not match its hash (edited)")
+                if (
+                    anchored is not None
+                    and event.chain_seq == anchored[0]
+                    and event.hash != anchored[1]
+                ):
+                    problems.append(
+                        f"hash differs from the one anchored at chain 0 position "
+                        f"{anchored[2].chain_seq}"
+                    )
+                if chain == 0 and event.verb == ANCHOR_VERB:
+                    for other, (position, hash_) in _anchored_heads(event).items():
+                        if other in anchors and position < anchors[other][0]:
+                            problems.append(
+                                f"anchors chain {other} at position {position}, behind "
+                                f"{anchors[other][0]} anchored before"
+                            )
+                        else:
+                            anchors[other] = (position, hash_, event)
                 for problem in problems:
                     self.broken += 1
-                    yield BrokenLink(event.seq, event.pk, problem)
-                expected_seq = event.seq + 1
+                    yield BrokenLink(event.seq, event.pk, problem, chain, event.chain_seq)
+                expected = event.chain_seq + 1
                 prev_hash = event.hash
+        if anchored is not None and expected <= anchored[0]:
+            anchor = anchored[2]
+            self.broken += 1
+            yield BrokenLink(
+                anchor.seq,
+                anchor.pk,
+                f"chain {chain} ends at position {expected - 1}, but the anchor at chain 0 "
+                f"position {anchor.chain_seq} names position {anchored[0]} (rows cut from its "
+                "end)",
+                chain,
+                expected,
+            )
 
 
 def audit_verify() -> tuple[int, BrokenLink | None]:
     """Return (events checked, first broken link or None); with a break, the count is of the
-    events before it. `manage.py audit_verify` reports every break."""
-    with closing(iter(ChainWalk())) as problems:
+    events checked before it. `manage.py audit_verify` reports every break."""
+    walk = ChainWalk()
+    with closing(iter(walk)) as problems:
         for problem in problems:
-            return problem.seq - 1, problem
-    return AuditEvent.objects.count(), None
+            return walk.checked - 1, problem
+    return walk.checked, None
 
 
 def event_as_dict(event: AuditEvent) -> dict[str, Any]:
     return {
         "seq": event.seq,
+        "chain": event.chain,
+        "chain_seq": event.chain_seq,
         "created_at": event.created_at.isoformat(),
         "actor": event.actor_label,
         "actor_id": event.actor_id,

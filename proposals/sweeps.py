@@ -6,9 +6,10 @@ a row a reviewer is voting on right now is simply left for the next run. Every r
 through its service (which re-checks the condition under the lock) and so through the one
 transition function: history, audit event and outbox row included.
 
-A chunk is one transaction: rows locked up front, then processed; the audit chain lock is
-taken only after every row lock is held (see proposals.services), so sweeps and voters cannot
-deadlock.
+A chunk is one transaction: rows locked up front, then processed; the lock of the audit chain
+the chunk appends to is taken only after every row lock is held (see proposals.services and
+audit.services), so sweeps and voters cannot deadlock, and sweepers whose chunks picked
+different chains do not wait for each other.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from audit.services import audit_anchor
 from proposals import services
 from proposals.models import OPEN_STATUSES, Checkpoint, Proposal, Status
 
@@ -143,6 +145,10 @@ def run_all(now: datetime | None = None) -> SweepReport:
     for phase in phases:
         report.counts[phase.name] = run_phase(phase, now=now)
     report.counts["bypass_expired"] = expire_bypasses(now)
+    # The beat's periodic anchoring of every audit chain's head into chain 0 (audit.services):
+    # what a sweep just appended is anchored at once, and the anchor is skipped when nothing
+    # moved, so an idle system adds no events.
+    audit_anchor()
     if report.total:
         logger.info("sweep: %s", report.counts)
     return report

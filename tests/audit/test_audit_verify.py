@@ -27,6 +27,7 @@ from audit.services import (
     GENESIS_HASH,
     HASH_V1_PYTHON_JSON,
     HASH_V2_JCS,
+    HASH_V3_CHAINS,
     event_hash,
     jsonable,
 )
@@ -85,7 +86,7 @@ def test_audit_verify_survives_jsonb_number_normalisation(world: Any) -> None:
     # The precondition of the old false alarm: jsonb really rewrote the numbers.
     assert any(op["value"] == 250000000000000000000 for op in edited.data["patch"])
     assert type(edited.data["patch"][0]["value"]) is int
-    assert edited.hash_version == HASH_V2_JCS
+    assert edited.hash_version == HASH_V3_CHAINS
 
     code, report = verify_json()
 
@@ -118,6 +119,8 @@ def test_rows_hashed_by_the_old_rule_still_verify(world: Any) -> None:
         "data": jsonable({"cost": COST, "n": 10**17, "list": [ADJUSTED, 3]}),
         "reason": "",
         "prev_hash": head.hash,
+        "chain": head.chain,  # not hashed by version 1
+        "chain_seq": head.chain_seq + 1,
     }
     old_hash = event_hash(hash_version=HASH_V1_PYTHON_JSON, **fields)
     AuditEvent.objects.create(hash=old_hash, hash_version=HASH_V1_PYTHON_JSON, **fields)
@@ -127,7 +130,7 @@ def test_rows_hashed_by_the_old_rule_still_verify(world: Any) -> None:
 
     assert verify_json() == (
         0,
-        {"problems": [], "checked": head.seq + 1, "broken": 0, "intact": True},
+        {"problems": [], "checked": AuditEvent.objects.count(), "broken": 0, "intact": True},
     )
 
     _tamper(stored.pk, "data", '{"cost": 1e16, "n": 10, "list": [2.5e20, 3]}')

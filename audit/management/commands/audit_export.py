@@ -19,6 +19,8 @@ from hitl.management.progress import (
 
 FIELDS = [
     "seq",
+    "chain",
+    "chain_seq",
     "created_at",
     "actor",
     "actor_id",
@@ -36,8 +38,8 @@ FIELDS = [
 
 class Command(BaseCommand):
     help = (
-        "Export audit events as JSON Lines or CSV, streamed in chain order. Constant memory "
-        "whatever the "
+        "Export audit events as JSON Lines or CSV, streamed in append order (seq); each row "
+        "names its chain and position (chain, chain_seq). Constant memory whatever the "
         "trail's length (a server-side cursor on PostgreSQL); a progress bar on standard "
         "error when it is a terminal. Exit codes: 0 exported, 2 refused (bad arguments)."
     )

@@ -12,7 +12,8 @@ from audit.services import ChainWalk
 
 class Command(BaseCommand):
     help = (
-        "Walk the audit hash chain and report every broken link; exit 1 if there is any. "
+        "Walk every audit hash chain and its anchors and report every broken link (chain, "
+        "position, row); exit 1 if there is any. "
         "Streams: constant memory however long the chain or the list of breaks."
     )
 
@@ -20,7 +21,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--json",
             action="store_true",
-            help='one JSON object: {"problems": [{"seq", "event_id", "problem"}, ...], '
+            help='one JSON object: {"problems": [{"seq", "event_id", "problem", "chain", '
+            '"position"}, ...], '
             '"checked", "broken", "intact"}',
         )
 
@@ -40,7 +42,8 @@ class Command(BaseCommand):
         else:
             for problem in walk:
                 self.stderr.write(
-                    f"seq {problem.seq} (row id {problem.event_id}): {problem.problem}"
+                    f"chain {problem.chain} position {problem.position}, seq {problem.seq} "
+                    f"(row id {problem.event_id}): {problem.problem}"
                 )
             if walk.broken == 0:
                 self.stdout.write(
