@@ -22,6 +22,7 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm
 
 from audit.models import AuditEvent
+from audit.services import ANCHOR_VERB, audit_verify
 from notifications.models import OutboxEvent
 from proposals import services, sweeps
 from proposals.errors import InvalidTransition, NotFound, Unprocessable
@@ -610,3 +611,25 @@ def test_settings_refuse_dev_auto_approve_without_debug(debug: dict[str, str]) -
 def test_settings_accept_dev_auto_approve_with_debug() -> None:
     result = _import_settings(HITL_DEV_AUTO_APPROVE_SECONDS="5", DEBUG="true")
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sweep_anchors_every_audit_chain_it_appended_to(world: Any) -> None:
+    """The beat's sweep is the periodic anchoring of the audit chains (audit.services): what
+    it appended is named in chain 0 at once, so cutting it from its chain's end is caught."""
+    configure(world.checkpoint, timeout_seconds=600, timeout_action="reject")
+    proposals = [submit(world.submitter, world.checkpoint, title=f"p{n}") for n in range(12)]
+    due = max(p.due_at for p in proposals if p.due_at is not None)
+
+    with travel(due + timedelta(seconds=1)):
+        assert sweeps.run_all().counts["timeout"] == len(proposals)
+        sweeps.run_all()  # nothing moved: no second anchor
+
+    anchors = list(AuditEvent.objects.filter(verb=ANCHOR_VERB))
+    assert len(anchors) == 1 and anchors[0].chain == 0
+    heads = {head["chain"]: head["chain_seq"] for head in anchors[0].data["heads"]}
+    expired = AuditEvent.objects.filter(verb="proposal.rejected").exclude(chain=0)
+    assert expired.exists()
+    for event in expired:
+        assert heads[event.chain] >= event.chain_seq
+    assert audit_verify()[1] is None
