@@ -6,8 +6,8 @@ import hashlib
 import json
 import os
 import zlib
-from collections.abc import Generator
-from contextlib import closing
+from collections.abc import Generator, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -333,15 +333,12 @@ def audit_record(
         chain = _enter_chain(chain_of(proposal.pk if proposal is not None else None), force=False)
     else:
         chain = _enter_chain(chain, force=True)
-    seq, position, prev_hash = _next_position(chain)
     authenticated = actor is not None and actor.is_authenticated
     actor_user = cast("User | None", actor if authenticated else None)
     if checkpoint is None and proposal is not None:
         checkpoint = proposal.checkpoint
     event = AuditEvent(
-        seq=seq,
         chain=chain,
-        chain_seq=position,
         created_at=timezone.now(),
         actor=actor_user,
         actor_label=actor_user.get_username() if actor_user is not None else "system",
@@ -351,12 +348,90 @@ def audit_record(
         revision=revision,
         data=jsonable(data or {}),
         reason=reason,
-        prev_hash=prev_hash,
         hash_version=HASH_VERSION,
     )
+    batch: _Batch | None = getattr(connection, "_audit_batch", None)
+    if batch is not None and chain == _held_chain():  # not a forced anchor: batch it
+        return batch.add(event)
+    event.seq, event.chain_seq, event.prev_hash = _next_position(chain)
     event.hash = event_hash(hash_version=HASH_VERSION, **_fields_of(event))
     event.save(force_insert=True)
     return event
+
+
+class _Batch:
+    """Events of an audit_batch() block, inserted at its end. Each is paired with an entry in
+    the transaction's on-commit list (as _ChainHold): if the savepoint it was recorded in
+    rolls back, Django drops the entry, and the event is dropped with the change it recorded."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[AuditEvent, _ChainHold]] = []
+
+    def add(self, event: AuditEvent) -> AuditEvent:
+        mark = _ChainHold(event.chain)
+        transaction.on_commit(mark)
+        self.events.append((event, mark))
+        return event
+
+    def flush(self) -> None:
+        alive = {id(entry[1]) for entry in connection.run_on_commit}
+        events = [event for event, mark in self.events if id(mark) in alive]
+        self.events = []
+        if not events:
+            return
+        # Every surviving event was recorded while its chain's lock was held, and a lock only
+        # goes with a rolled-back savepoint that drops the events recorded under it: so they
+        # share the chain still held. Checked, never assumed: nothing is appended unlocked.
+        chain = events[0].chain
+        if {event.chain for event in events} != {chain} or _held_chain() != chain:
+            raise RuntimeError("audit batch: events outside the chain this transaction holds")
+        seq, position, prev_hash = _next_position(chain)
+        seqs = [seq, *_more_seqs(len(events) - 1)]
+        for event, seq_ in zip(events, seqs, strict=True):
+            event.seq, event.chain_seq, event.prev_hash = seq_, position, prev_hash
+            event.hash = event_hash(hash_version=HASH_VERSION, **_fields_of(event))
+            position += 1
+            prev_hash = event.hash
+        AuditEvent.objects.bulk_create(events)
+
+
+def _more_seqs(n: int) -> list[int]:
+    """Append-order numbers after the one _next_position just took (chain lock held, so they
+    still increase along the chain)."""
+    if n <= 0:
+        return []
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT nextval(%s) FROM generate_series(1, %s)", [GLOBAL_SEQUENCE, n])
+            return sorted(int(row[0]) for row in cursor.fetchall())
+    top = AuditEvent.objects.aggregate(top=Max("seq"))["top"] or 0
+    return list(range(top + 2, top + 2 + n))  # SQLite: writers are serialized
+
+
+@contextmanager
+def audit_batch() -> Iterator[None]:
+    """Defer the audit appends of this block to its end: one head read and one INSERT for all
+    of them instead of two statements each (a sweep chunk). Events are hashed, chained and
+    positioned exactly as one by one. The block is a savepoint of its own, so a failure in it
+    never leaves its changes without their events. Events recorded inside come back unsaved
+    (no pk) until the block ends."""
+    if not connection.in_atomic_block:
+        raise RuntimeError("audit_batch must run inside the transaction it records.")
+    outer = getattr(connection, "_audit_batch", None)
+    if outer is not None:  # already batching: one flush, at the outer end
+        yield
+        return
+    batch = _Batch()
+    try:
+        with transaction.atomic():
+            connection._audit_batch = batch  # type: ignore[attr-defined]
+            try:
+                yield
+            finally:
+                connection._audit_batch = None  # type: ignore[attr-defined]
+            batch.flush()
+    finally:
+        connection._audit_batch = None  # type: ignore[attr-defined]
 
 
 def chain_heads() -> dict[int, tuple[int, str]]:

@@ -24,7 +24,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from audit.services import audit_anchor
+from audit.services import audit_anchor, audit_batch
 from proposals import services
 from proposals.models import OPEN_STATUSES, Checkpoint, Proposal, Status
 
@@ -105,7 +105,9 @@ def run_phase(phase: Phase, *, now: datetime | None = None, chunk_size: int = CH
     done = 0
     for _ in range(MAX_CHUNKS_PER_PHASE):
         now_ = now or timezone.now()
-        with transaction.atomic():
+        # audit_batch: the chunk's audit events go in as one INSERT at its end (positions
+        # and links as if one by one), not two statements per row.
+        with transaction.atomic(), audit_batch():
             rows = list(
                 Proposal.objects.select_for_update(skip_locked=True, no_key=True, of=("self",))
                 .select_related("checkpoint")

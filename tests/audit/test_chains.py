@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from audit.models import AuditEvent
@@ -23,6 +24,7 @@ from audit.services import (
     BrokenLink,
     ChainWalk,
     audit_anchor,
+    audit_batch,
     audit_record,
     audit_verify,
     chain_of,
@@ -283,3 +285,61 @@ def test_rows_from_the_single_chain_verify_as_chain_zero(world: Any) -> None:
     old = AuditEvent.objects.get(chain=0, chain_seq=3)
     _tamper("UPDATE audit_auditevent SET data = %s::jsonb WHERE id = %s", ['{"n": 4}', old.pk])
     assert [(p.chain, p.position, p.seq) for p in _problems()] == [(0, 3, 3)]
+
+
+def test_a_batch_appends_its_events_in_one_insert_chained_as_one_by_one(world: Any) -> None:
+    first, second, _ = _proposals_on_chains(world, 2)
+    with CaptureQueriesContext(connection) as queries, transaction.atomic(), audit_batch():
+        events = [
+            audit_record(verb=f"test.{n}", actor=None, proposal=proposal)
+            for n, proposal in enumerate((first, second, first))
+        ]
+        assert all(event.pk is None for event in events)  # written at the block's end
+    inserts = [q for q in queries.captured_queries if q["sql"].startswith('INSERT INTO "audit')]
+    assert len(inserts) == 1
+    stored = [AuditEvent.objects.get(verb=f"test.{n}") for n in range(3)]
+    assert {event.chain for event in stored} == {chain_of(first.pk)}
+    assert [e.chain_seq for e in stored] == [stored[0].chain_seq + n for n in range(3)]
+    assert [e.seq for e in stored] == sorted(e.seq for e in stored)
+    assert stored[1].prev_hash == stored[0].hash and stored[2].prev_hash == stored[1].hash
+    assert [e.hash for e in events] == [e.hash for e in stored]
+    assert audit_verify()[1] is None
+
+
+def test_an_event_of_a_rolled_back_savepoint_leaves_the_batch(world: Any) -> None:
+    first, second, _ = _proposals_on_chains(world, 2)
+    with transaction.atomic(), audit_batch():
+        audit_record(verb="test.kept", actor=None, proposal=first)
+        try:
+            with transaction.atomic():
+                audit_record(verb="test.gone", actor=None, proposal=second)
+                raise RuntimeError("roll back the savepoint")
+        except RuntimeError:
+            pass
+        audit_record(verb="test.after", actor=None, proposal=second)
+    assert not AuditEvent.objects.filter(verb="test.gone").exists()
+    kept = AuditEvent.objects.get(verb="test.kept")
+    after = AuditEvent.objects.get(verb="test.after")
+    assert (after.chain, after.chain_seq, after.prev_hash) == (
+        kept.chain,
+        kept.chain_seq + 1,
+        kept.hash,
+    )
+    assert audit_verify()[1] is None
+
+
+def test_a_failed_batch_block_keeps_no_change_without_its_event(world: Any) -> None:
+    """The events wait for the block's end, so the block is a savepoint of its own: a caller
+    who catches the error keeps neither the block's changes nor its events."""
+    first = _proposals_on_chains(world, 1)[0]
+    with transaction.atomic():
+        try:
+            with audit_batch():
+                Proposal.objects.filter(pk=first.pk).update(title="changed")
+                audit_record(verb="test.changed", actor=None, proposal=first)
+                raise RuntimeError("fails after the change")
+        except RuntimeError:
+            pass
+    first.refresh_from_db()
+    assert first.title != "changed"
+    assert not AuditEvent.objects.filter(verb="test.changed").exists()
