@@ -22,6 +22,28 @@ def outbox_emit(
     data: dict[str, Any] | None = None,
 ) -> OutboxEvent:
     """Precondition: inside the transaction that makes the change announced."""
+    event = _outbox_event(topic, proposal=proposal, checkpoint=checkpoint, data=data)
+    _kick_relay_on_commit()
+    event.save(force_insert=True)
+    return event
+
+
+def outbox_emit_many(events: list[tuple[str, Proposal, dict[str, Any]]]) -> list[OutboxEvent]:
+    """`outbox_emit(topic, proposal=..., data=...)` for each (topic, proposal, data), in one
+    INSERT (a bulk submit). Same precondition."""
+    rows = [_outbox_event(topic, proposal=p, data=data) for topic, p, data in events]
+    if rows:
+        _kick_relay_on_commit()
+    return OutboxEvent.objects.bulk_create(rows)
+
+
+def _outbox_event(
+    topic: str,
+    *,
+    proposal: Proposal | None = None,
+    checkpoint: Checkpoint | None = None,
+    data: dict[str, Any] | None = None,
+) -> OutboxEvent:
     if checkpoint is None and proposal is not None:
         checkpoint = proposal.checkpoint
     payload: dict[str, Any] = {"type": topic}
@@ -34,8 +56,7 @@ def outbox_emit(
             revision=proposal.revision,
         )
     payload.update(data or {})
-    _kick_relay_on_commit()
-    return OutboxEvent.objects.create(
+    return OutboxEvent(
         topic=topic,
         proposal=proposal,
         checkpoint=checkpoint,

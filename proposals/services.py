@@ -27,10 +27,11 @@ from django.utils import timezone
 from referencing.exceptions import Unresolvable
 
 from audit.services import audit_record, canonical_json
-from notifications.services import outbox_emit
+from notifications.services import outbox_emit, outbox_emit_many
 from proposals import policy
 from proposals.errors import (
     AlreadyVoted,
+    ApplicationError,
     ClaimedByOther,
     Conflict,
     IdempotencyMismatch,
@@ -292,66 +293,11 @@ def proposal_submit(
     permission on the checkpoint.
     """
     access = access or access_for(submitter)
-    if not access.has(SUBMIT, checkpoint.pk):
-        raise PermissionDenied(f"You may not submit to checkpoint {checkpoint.slug!r}.")
-    _check_bounds(data.payload)
-    if data.payload_schema is not None:
-        problem = policy.schema_problem(data.payload_schema)
-        if problem is not None:
-            raise InvalidSchema(problem, details={"payload_schema": problem})
-    problem = policy.timeout_problem(
-        requested=data.timeout_seconds, checkpoint_timeout=checkpoint.timeout_seconds
-    )
-    if problem is not None:
-        raise InvalidInput(problem, details={"timeout_seconds": [problem]})
-    schema = data.payload_schema or checkpoint.payload_schema or None
-    _check_schema(data.payload, schema)
-    _validate_options(data.options, schema)
+    _check_submission(access, checkpoint, data)
     now = timezone.now()
-    due = policy.deadlines(
-        start=now,
-        priority=data.priority,
-        timeout_seconds=(
-            data.timeout_seconds if data.timeout_seconds is not None else checkpoint.timeout_seconds
-        ),
-        sla_seconds=checkpoint.sla_seconds,
-        remind_after_seconds=checkpoint.remind_after_seconds,
-        escalate_after_seconds=checkpoint.escalate_after_seconds,
-    )
     with transaction.atomic():
         eligible = len(electorate_ids(checkpoint, submitter_id=submitter.pk, escalated=False))
-        proposal = Proposal(
-            id=uuid.uuid4(),
-            checkpoint=checkpoint,
-            title=data.title,
-            summary=data.summary,
-            payload=data.payload,
-            options=data.options,
-            context=data.context,
-            confidence=data.confidence,
-            priority=data.priority,
-            impact=data.impact,
-            region=data.region,
-            labels=data.labels,
-            external_id=data.external_id,
-            callback_url=data.callback_url,
-            payload_schema=data.payload_schema,
-            timeout_seconds=data.timeout_seconds,
-            submitted_by=submitter,
-            idempotency_key=idempotency_key,
-            status=Status.PENDING,
-            revision=1,
-            eligible_reviewers=eligible,
-            quorum_required=policy.required_approvals(
-                checkpoint.quorum_rule, checkpoint.quorum_count, eligible
-            ),
-            due_at=due.due_at,
-            sla_due_at=due.sla_due_at,
-            remind_at=due.remind_at,
-            escalate_at=due.escalate_at,
-            created_at=now,
-            updated_at=now,
-        )
+        proposal = _new_proposal(submitter, checkpoint, data, idempotency_key, eligible, now)
         proposal._history_user = submitter  # type: ignore[attr-defined]
         if idempotency_key is None:
             # A fresh UUID and no key: no constraint can fail, so no savepoint to pay for.
@@ -368,58 +314,217 @@ def proposal_submit(
                 ) from None
         # Created in this transaction: invisible to everyone else, so as good as locked.
         proposal._hitl_locked = True  # type: ignore[attr-defined]
-        revision = Revision.objects.create(
-            proposal=proposal,
-            number=1,
-            kind=RevisionKind.SUBMITTED,
-            payload=data.payload,
-            payload_hash=payload_hash(data.payload),
-            summary=data.summary,
-            author=submitter,
-            created_at=now,
-        )
-        decision = policy.route(
-            proposal_id=str(proposal.pk),
-            payload=data.payload,
-            confidence=data.confidence,
-            enabled=checkpoint.enabled,
-            bypass_active=bypass_active(checkpoint, now),
-            auto_approve_at=checkpoint.auto_approve_at,
-            auto_reject_below=checkpoint.auto_reject_below,
-            review_when=checkpoint.review_when,
-            sample_rate=checkpoint.sample_rate,
-        )
+        revision = _first_revision(proposal, data, submitter, now)
+        revision.save(force_insert=True)
+        decision = _route(proposal, checkpoint, data, now)
         _record(
-            proposal,
-            "proposal.submitted",
-            actor=submitter,
-            data={
-                "routing": decision.outcome,
-                "routing_reason": decision.reason,
-                "payload_hash": payload_hash(data.payload),
-            },
+            proposal, "proposal.submitted", actor=submitter, data=_submitted_data(decision, data)
         )
-        if decision.outcome == "approve":
-            transition(
-                proposal,
-                Action.APPROVE,
-                actor=None,
-                resolution=decision.resolution,
-                reason=decision.reason,
-                **_approval(proposal, policy.policy_option(data.options)),
-            )
-        elif decision.outcome == "reject":
-            transition(
-                proposal,
-                Action.REJECT,
-                actor=None,
-                resolution=decision.resolution,
-                reason=decision.reason,
-            )
+        _apply_route(proposal, decision, data)
     # What was written is what the caller answers with: its one revision and no votes yet,
     # without reading the proposal back (hitl.api.views).
     _as_prefetched(proposal, revisions=[revision], votes=[])
     return proposal
+
+
+@dataclass(frozen=True)
+class SubmitItem:
+    checkpoint: Checkpoint
+    data: ProposalInput
+    idempotency_key: str | None = None
+
+
+def proposal_submit_many(
+    *, submitter: User, items: list[SubmitItem], access: Access | None = None
+) -> list[Proposal | ApplicationError]:
+    """`proposal_submit` for each item, set-based: one transaction, one INSERT each for the
+    proposals, their revisions, both history tables and the outbox rows, one audit event per
+    proposal (audit_record, all in the one chain the transaction holds). An item that fails its
+    checks is answered by its error and written by nobody; the others are written together.
+    Routing is the single submit's (`_route`); the few a policy decides then go through
+    `transition` one by one, exactly as alone. A database error (a reused idempotency key)
+    undoes the whole call: the caller retries item by item."""
+    access = access or access_for(submitter)
+    now = timezone.now()
+    results: list[Proposal | ApplicationError] = []
+    electorates: dict[int, int] = {}
+    written: list[tuple[Proposal, Revision, policy.Route, ProposalInput]] = []
+    for item in items:
+        try:
+            _check_submission(access, item.checkpoint, item.data)
+        except ApplicationError as exc:
+            results.append(exc)
+            continue
+        checkpoint = item.checkpoint
+        if checkpoint.pk not in electorates:
+            electorates[checkpoint.pk] = len(
+                electorate_ids(checkpoint, submitter_id=submitter.pk, escalated=False)
+            )
+        proposal = _new_proposal(
+            submitter, checkpoint, item.data, item.idempotency_key, electorates[checkpoint.pk], now
+        )
+        revision = _first_revision(proposal, item.data, submitter, now)
+        written.append(
+            (proposal, revision, _route(proposal, checkpoint, item.data, now), item.data)
+        )
+        results.append(proposal)
+    if not written:
+        return results
+    proposals = [w[0] for w in written]
+    revisions = [w[1] for w in written]
+    with transaction.atomic():
+        Proposal.objects.bulk_create(proposals)
+        history = Proposal.history  # type: ignore[attr-defined]
+        history.bulk_history_create(proposals, default_user=submitter, default_date=now)
+        Revision.objects.bulk_create(revisions)
+        Revision.history.bulk_history_create(  # type: ignore[attr-defined]
+            revisions, default_user=submitter, default_date=now
+        )
+        submitted = [(p, _submitted_data(d, data)) for p, _r, d, data in written]
+        outbox_emit_many([("proposal.submitted", p, event) for p, event in submitted])
+        for proposal, event in submitted:
+            audit_record(
+                verb="proposal.submitted",
+                actor=submitter,
+                proposal=proposal,
+                revision=proposal.revision,
+                data=event,
+            )
+        for proposal, _revision, decision, data in written:
+            proposal._hitl_locked = True  # type: ignore[attr-defined]
+            _apply_route(proposal, decision, data)
+    for proposal, revision, _decision, _data in written:
+        _as_prefetched(proposal, revisions=[revision], votes=[])
+    return results
+
+
+def _check_submission(access: Access, checkpoint: Checkpoint, data: ProposalInput) -> None:
+    """Everything a submission must pass before anything is written."""
+    if not access.has(SUBMIT, checkpoint.pk):
+        raise PermissionDenied(f"You may not submit to checkpoint {checkpoint.slug!r}.")
+    _check_bounds(data.payload)
+    if data.payload_schema is not None:
+        problem = policy.schema_problem(data.payload_schema)
+        if problem is not None:
+            raise InvalidSchema(problem, details={"payload_schema": problem})
+    problem = policy.timeout_problem(
+        requested=data.timeout_seconds, checkpoint_timeout=checkpoint.timeout_seconds
+    )
+    if problem is not None:
+        raise InvalidInput(problem, details={"timeout_seconds": [problem]})
+    schema = data.payload_schema or checkpoint.payload_schema or None
+    _check_schema(data.payload, schema)
+    _validate_options(data.options, schema)
+
+
+def _new_proposal(
+    submitter: User,
+    checkpoint: Checkpoint,
+    data: ProposalInput,
+    idempotency_key: str | None,
+    eligible: int,
+    now: Any,
+) -> Proposal:
+    due = policy.deadlines(
+        start=now,
+        priority=data.priority,
+        timeout_seconds=(
+            data.timeout_seconds if data.timeout_seconds is not None else checkpoint.timeout_seconds
+        ),
+        sla_seconds=checkpoint.sla_seconds,
+        remind_after_seconds=checkpoint.remind_after_seconds,
+        escalate_after_seconds=checkpoint.escalate_after_seconds,
+    )
+    return Proposal(
+        id=uuid.uuid4(),
+        checkpoint=checkpoint,
+        title=data.title,
+        summary=data.summary,
+        payload=data.payload,
+        options=data.options,
+        context=data.context,
+        confidence=data.confidence,
+        priority=data.priority,
+        impact=data.impact,
+        region=data.region,
+        labels=data.labels,
+        external_id=data.external_id,
+        callback_url=data.callback_url,
+        payload_schema=data.payload_schema,
+        timeout_seconds=data.timeout_seconds,
+        submitted_by=submitter,
+        idempotency_key=idempotency_key,
+        status=Status.PENDING,
+        revision=1,
+        eligible_reviewers=eligible,
+        quorum_required=policy.required_approvals(
+            checkpoint.quorum_rule, checkpoint.quorum_count, eligible
+        ),
+        due_at=due.due_at,
+        sla_due_at=due.sla_due_at,
+        remind_at=due.remind_at,
+        escalate_at=due.escalate_at,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def _first_revision(proposal: Proposal, data: ProposalInput, submitter: User, now: Any) -> Revision:
+    return Revision(
+        proposal=proposal,
+        number=1,
+        kind=RevisionKind.SUBMITTED,
+        payload=data.payload,
+        payload_hash=payload_hash(data.payload),
+        summary=data.summary,
+        author=submitter,
+        created_at=now,
+    )
+
+
+def _route(
+    proposal: Proposal, checkpoint: Checkpoint, data: ProposalInput, now: Any
+) -> policy.Route:
+    return policy.route(
+        proposal_id=str(proposal.pk),
+        payload=data.payload,
+        confidence=data.confidence,
+        enabled=checkpoint.enabled,
+        bypass_active=bypass_active(checkpoint, now),
+        auto_approve_at=checkpoint.auto_approve_at,
+        auto_reject_below=checkpoint.auto_reject_below,
+        review_when=checkpoint.review_when,
+        sample_rate=checkpoint.sample_rate,
+    )
+
+
+def _submitted_data(decision: policy.Route, data: ProposalInput) -> dict[str, Any]:
+    return {
+        "routing": decision.outcome,
+        "routing_reason": decision.reason,
+        "payload_hash": payload_hash(data.payload),
+    }
+
+
+def _apply_route(proposal: Proposal, decision: policy.Route, data: ProposalInput) -> None:
+    """A policy's decision, through `transition` like any other."""
+    if decision.outcome == "approve":
+        transition(
+            proposal,
+            Action.APPROVE,
+            actor=None,
+            resolution=decision.resolution,
+            reason=decision.reason,
+            **_approval(proposal, policy.policy_option(data.options)),
+        )
+    elif decision.outcome == "reject":
+        transition(
+            proposal,
+            Action.REJECT,
+            actor=None,
+            resolution=decision.resolution,
+            reason=decision.reason,
+        )
 
 
 def _as_prefetched(proposal: Proposal, **related: list[Any]) -> None:

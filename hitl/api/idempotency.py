@@ -148,6 +148,33 @@ def run_idempotent_steps(
     return Response(body)
 
 
+def run_idempotent_chunks(
+    request: Request,
+    scope: str,
+    count: int,
+    chunk_size: int,
+    run: Callable[[list[int], list[str | None]], list[dict[str, Any]]],
+) -> Response:
+    """`run_idempotent_steps` a chunk of items at a time: `run(indexes, item_keys)` answers
+    for each index, commits its chunk on its own (so a lock it takes is held for one chunk,
+    never for the batch), and must return the items it created under those keys before."""
+    done: dict[int, dict[str, Any]] = {}
+
+    def step(index: int, item_key: str | None) -> dict[str, Any]:
+        if index not in done:
+            indexes = list(range(index, min(index + chunk_size, count)))
+            keys = [None if item_key is None else step_key_of(item_key, i) for i in indexes]
+            done.update(zip(indexes, run(indexes, keys), strict=True))
+        return done.pop(index)
+
+    return run_idempotent_steps(request, scope, count, step)
+
+
+def step_key_of(first_key: str, index: int) -> str:
+    """The key of item `index` of the request whose item keys include `first_key`."""
+    return first_key.rsplit(":", 1)[0] + f":{index}"
+
+
 def run_idempotent(
     request: Request, scope: str, work: Callable[[str | None], tuple[int, dict[str, Any]]]
 ) -> Response:

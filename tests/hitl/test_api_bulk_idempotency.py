@@ -90,27 +90,28 @@ def test_a_keyed_bulk_retried_after_a_crash_resumes_without_duplicates(
     agent = client_for(world.submitter)
     agent.raise_request_exception = False
     body = _batch(5)
-    real_submit = views._submit_one
+    real_item = views._bulk_item
+    monkeypatch.setattr(views.ProposalBulkView, "CHUNK", 2)  # items commit two at a time
 
-    def crash_at_item_3(view: Any, data: Any, key: str | None) -> Proposal:
+    def crash_at_item_3(data: Any, key: str | None, checkpoints: Any) -> Any:
         if data["title"] == "item 3":
             raise RuntimeError("the process died here")
-        return real_submit(view, data, key)
+        return real_item(data, key, checkpoints)
 
-    monkeypatch.setattr(views, "_submit_one", crash_at_item_3)
+    monkeypatch.setattr(views, "_bulk_item", crash_at_item_3)
     crashed = agent.post(BULK, body, format="json", HTTP_IDEMPOTENCY_KEY="resumable")
     assert crashed.status_code == 500
-    first = list(Proposal.objects.order_by("created_at").values_list("title", "pk"))
-    assert [title for title, _ in first] == ["item 0", "item 1", "item 2"]  # committed each
+    first = list(Proposal.objects.order_by("title").values_list("title", "pk"))
+    assert [title for title, _ in first] == ["item 0", "item 1"]  # the chunk before committed
     assert IdempotencyRecord.objects.get(key="resumable").response_status == 0  # in progress
 
-    monkeypatch.setattr(views, "_submit_one", real_submit)
+    monkeypatch.setattr(views, "_bulk_item", real_item)
     retried = agent.post(BULK, body, format="json", HTTP_IDEMPOTENCY_KEY="resumable")
     assert retried.status_code == 200, retried.content[:300]
     assert "Idempotent-Replayed" not in retried
     results = retried.json()["results"]
     assert [r["status"] for r in results] == [201] * 5
-    assert [r["proposal"]["id"] for r in results[:3]] == [str(pk) for _, pk in first]
+    assert [r["proposal"]["id"] for r in results[:2]] == [str(pk) for _, pk in first]
     assert Proposal.objects.count() == 5
 
     replay = agent.post(BULK, body, format="json", HTTP_IDEMPOTENCY_KEY="resumable")

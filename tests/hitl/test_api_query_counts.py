@@ -140,3 +140,78 @@ def _fresh_key_cache() -> Any:
     key_cache.forget_all()
     yield
     key_cache.forget_all()
+
+
+# --- bulk ----------------------------------------------------------------------------------
+
+BULK = "/api/v1/proposals/bulk/"
+BULK_ITEMS = 40
+# Per chunk: checkpoints, grants, five INSERTs (proposals, their history, revisions, their
+# history, outbox) and the audit events (at most three statements each); nothing else per item.
+BULK_FIXED_QUERIES = 12
+AUDIT_QUERIES_PER_EVENT = 3
+
+
+def _items(world: Any, n: int, **extra: Any) -> list[dict[str, Any]]:
+    return [
+        {"checkpoint": world.checkpoint.slug, "title": f"b{i}", "payload": {"i": i}, **extra}
+        for i in range(n)
+    ]
+
+
+def test_bulk_writes_set_based_with_one_audit_event_per_proposal(world):
+    from audit.models import AuditEvent
+    from audit.services import audit_verify
+    from notifications.models import OutboxEvent
+    from proposals.models import Proposal, Revision
+
+    client = bearer(api_key_create(user=world.submitter, name="q").token)
+    assert client.get(LIST).status_code == 200  # warms the key
+    with CaptureQueriesContext(connection) as queries:
+        response = client.post(BULK, {"proposals": _items(world, BULK_ITEMS)}, format="json")
+    assert response.status_code == 200
+    assert [r["status"] for r in response.json()["results"]] == [201] * BULK_ITEMS
+    assert len(queries) <= BULK_FIXED_QUERIES + AUDIT_QUERIES_PER_EVENT * BULK_ITEMS
+    inserts = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("INSERT")]
+    audit_inserts = [sql for sql in inserts if "audit_auditevent" in sql]
+    assert len(inserts) - len(audit_inserts) <= 5, inserts  # one per table, not per item
+    ids = {r["proposal"]["id"] for r in response.json()["results"]}
+    assert Proposal.objects.filter(pk__in=ids).count() == BULK_ITEMS
+    assert Revision.objects.filter(proposal_id__in=ids).count() == BULK_ITEMS
+    assert Proposal.history.filter(id__in=ids).count() == BULK_ITEMS  # type: ignore[attr-defined]
+    assert OutboxEvent.objects.filter(proposal_id__in=ids).count() == BULK_ITEMS
+    events = AuditEvent.objects.filter(proposal_id__in=ids, verb="proposal.submitted")
+    assert events.count() == BULK_ITEMS
+    assert audit_verify()[1] is None
+
+
+def test_bulk_routes_every_item_exactly_as_a_single_submit(world):
+    """A policy that decides (auto-approve above a confidence) and one that does not: each
+    bulk item ends as the same item submitted alone, with the same events."""
+    from audit.models import AuditEvent
+
+    world.checkpoint.auto_approve_at = 0.9
+    world.checkpoint.save()
+    client = bearer(api_key_create(user=world.submitter, name="q").token)
+    items = _items(world, 4)
+    for i, item in enumerate(items):
+        item["confidence"] = 0.95 if i % 2 else 0.5
+    bulk = client.post(BULK, {"proposals": items}, format="json").json()["results"]
+    single = [client.post(LIST, item, format="json").json() for item in items]
+
+    def shape(p: dict[str, Any]) -> tuple[Any, ...]:
+        verbs = tuple(
+            AuditEvent.objects.filter(proposal_id=p["id"]).order_by("id").values_list("verb")
+        )
+        return p["status"], p["resolution"], p["approved_payload"], p["quorum_required"], verbs
+
+    assert [shape(r["proposal"]) for r in bulk] == [shape(p) for p in single]
+    assert {r["proposal"]["status"] for r in bulk} == {"pending", "approved"}
+
+
+def test_bulk_answers_a_bad_item_alone_and_writes_the_others(world):
+    client = bearer(api_key_create(user=world.submitter, name="q").token)
+    items = _items(world, 3)
+    items[1]["checkpoint"] = "no-such-checkpoint"
+    results = client.post(BULK, {"proposals": items}, format="json").json()["results"]
+    assert [r["status"] for r in results] == [201, 400, 201]
