@@ -29,7 +29,7 @@ from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
 from channels.auth import get_user
-from channels.db import database_sync_to_async
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -87,6 +87,17 @@ class _Base(AsyncJsonWebsocketConsumer):
     last_seq: str | None = None  # of the newest message this socket sent
     recent_ids: RecentIds
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """channels' dispatch, without its `aclose_old_connections()` before every handler:
+        that is a hop to the one database thread per message per socket (a fan-out of one
+        event to 500 sockets queued 500 hops, and the sockets fell seconds behind). Every
+        database access here goes through live.db_async, which closes stale
+        connections around itself in that thread, so nothing is left open."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
     async def _authorized_access(self) -> Access | None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
@@ -95,7 +106,7 @@ class _Base(AsyncJsonWebsocketConsumer):
         # Read before the rights are: a change from here on makes the first message re-check.
         self.rights_seen = await live.rights_version_async()
         self.key_expires_at = self.scope.get("api_key_expires_at")
-        access: Access = await database_sync_to_async(access_for)(user)
+        access: Access = await live.db_async(access_for)(user)
         return access
 
     async def _join(self, groups: list[str]) -> None:
@@ -132,9 +143,7 @@ class _Base(AsyncJsonWebsocketConsumer):
             if fresh.pk != user_id:
                 await self.close(code=CLOSE_UNAUTHENTICATED)
                 return None
-        access = await database_sync_to_async(_still_signed_in)(
-            user_id, self.scope.get("api_key_id")
-        )
+        access = await live.db_async(_still_signed_in)(user_id, self.scope.get("api_key_id"))
         if access is None or expired:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return None
@@ -146,7 +155,7 @@ class _Base(AsyncJsonWebsocketConsumer):
 
     async def _may_see(self, access: Access, proposal_id: str) -> bool:
         try:
-            await database_sync_to_async(selectors.proposal_get)(access, proposal_id)
+            await live.db_async(selectors.proposal_get)(access, proposal_id)
         except NotFound:
             return False
         return True
@@ -282,7 +291,7 @@ class ProposalConsumer(_Base):
             return
         proposal_id = self.scope["url_route"]["kwargs"]["proposal_id"]
         try:
-            proposal = await database_sync_to_async(selectors.proposal_get)(access, proposal_id)
+            proposal = await live.db_async(selectors.proposal_get)(access, proposal_id)
         except NotFound:
             await self.close(code=CLOSE_NOT_FOUND)
             return

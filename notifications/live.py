@@ -26,10 +26,12 @@ import functools
 import json
 import logging
 import uuid
-from typing import Any, NotRequired, TypedDict
+from collections.abc import Awaitable, Callable
+from typing import Any, NotRequired, TypedDict, TypeVar
 
 import redis
 from asgiref.sync import async_to_sync, sync_to_async
+from channels.db import DatabaseSyncToAsync
 from channels.layers import get_channel_layer
 from channels_redis.pubsub import (
     RedisPubSubChannelLayer,
@@ -41,6 +43,7 @@ from django.conf import settings
 from django.db import transaction
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class LiveMessage(TypedDict):
@@ -322,6 +325,17 @@ class LiveChannelLayer(RedisPubSubChannelLayer):
             self._layers[loop] = layer
             _wrap_close(self, loop)
         return layer
+
+
+# --- database work of sockets -------------------------------------------------------------------
+
+
+def db_async(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """channels' database_sync_to_async, on the thread pool instead of its one database thread:
+    a reconnect storm of hundreds of sockets authorizes side by side (each thread takes a pooled
+    connection and closes it afterwards) instead of queueing one at a time past uvicorn's 10 s
+    handshake limit."""
+    return DatabaseSyncToAsync(fn, thread_sensitive=False)  # type: ignore[return-value]
 
 
 # --- the rights version, read once for all the sockets that ask together -----------------------

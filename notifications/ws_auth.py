@@ -8,7 +8,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from channels.auth import AuthMiddlewareStack
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.db.models import Q
@@ -17,6 +16,7 @@ from django.utils import timezone
 
 from hitl.keys import api_key_authenticate
 from hitl.models import ApiKey
+from notifications import live
 
 
 def _token(scope: dict[str, Any]) -> str | None:
@@ -39,8 +39,7 @@ def _origin_allowed(scope: dict[str, Any]) -> bool:
     return False
 
 
-@database_sync_to_async
-def _token_scope(token: str) -> dict[str, Any]:
+def _token_scope_sync(token: str) -> dict[str, Any]:
     """The user, and which key (the socket re-checks that key while it stays open)."""
     api_key = api_key_authenticate(token)
     if api_key is None:
@@ -50,6 +49,11 @@ def _token_scope(token: str) -> dict[str, Any]:
         "api_key_id": api_key.pk,
         "api_key_expires_at": api_key.expires_at,
     }
+
+
+async def _token_scope(token: str) -> dict[str, Any]:
+    result: dict[str, Any] = await live.db_async(_token_scope_sync)(token)
+    return result
 
 
 class TokenOrSessionAuthMiddleware:
