@@ -260,6 +260,10 @@ class QueueConsumer(_Base):
         return access
 
     async def connect(self) -> None:
+        async with live.connecting():  # in arrival order (live._Admission)
+            await self._connect()
+
+    async def _connect(self) -> None:
         access = await self._authorized_access()
         if access is None:
             return
@@ -286,6 +290,10 @@ class ProposalConsumer(_Base):
         return access
 
     async def connect(self) -> None:
+        async with live.connecting():  # in arrival order (live._Admission)
+            await self._connect()
+
+    async def _connect(self) -> None:
         access = await self._authorized_access()
         if access is None:
             return

@@ -338,6 +338,27 @@ def db_async(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
     return DatabaseSyncToAsync(fn, thread_sensitive=False)  # type: ignore[return-value]
 
 
+class _Admission:
+    """At most `limit` sockets of this process authorize at once, the others wait in arrival
+    order. Without it a reconnect storm of 500 sockets advanced all together, step by step
+    through the same queues, and every one of them missed uvicorn's 10 s handshake limit;
+    in order, the first are live at once and the rest follow at the process's pace."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._semaphores: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+    def __call__(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        semaphore = self._semaphores.get(loop)
+        if semaphore is None:
+            semaphore = self._semaphores[loop] = asyncio.Semaphore(self.limit)
+        return semaphore
+
+
+connecting = _Admission(limit=8)
+
+
 # --- the rights version, read once for all the sockets that ask together -----------------------
 
 

@@ -52,7 +52,8 @@ def _token_scope_sync(token: str) -> dict[str, Any]:
 
 
 async def _token_scope(token: str) -> dict[str, Any]:
-    result: dict[str, Any] = await live.db_async(_token_scope_sync)(token)
+    async with live.connecting():
+        result: dict[str, Any] = await live.db_async(_token_scope_sync)(token)
     return result
 
 
