@@ -18,8 +18,13 @@ from proposals.models import Proposal
 from proposals.selectors import after_cursor
 
 
-def encode_cursor(proposal: Proposal) -> str:
-    raw = json.dumps([proposal.sla_due_at.isoformat(), str(proposal.pk)]).encode()
+def encode_cursor(proposal: Proposal | dict[str, Any]) -> str:
+    """The cursor after this row: a Proposal or a `.values()` row with sla_due_at and id."""
+    if isinstance(proposal, dict):
+        sla_due_at, pk = proposal["sla_due_at"], proposal["id"]
+    else:
+        sla_due_at, pk = proposal.sla_due_at, proposal.pk
+    raw = json.dumps([sla_due_at.isoformat(), str(pk)]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -38,8 +43,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 def paginate(
-    request: Request, qs: QuerySet[Proposal], page_size: int, cursor: str | None
-) -> tuple[list[Proposal], str | None]:
+    request: Request, qs: QuerySet[Any], page_size: int, cursor: str | None
+) -> tuple[list[Any], str | None]:
     if cursor:
         qs = after_cursor(qs, *decode_cursor(cursor))
     rows = list(qs[: page_size + 1])  # one extra row says whether a next page exists

@@ -16,6 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from hitl.api import rows
 from hitl.api import serializers as s
 from hitl.api.errors import exception_handler as api_exception_handler
 from hitl.api.idempotency import run_idempotent, run_idempotent_chunks
@@ -120,13 +121,11 @@ class ProposalListCreateView(BaseView):
             submitted_by_me=q.get("submitted") == "me",
             external_id=q.get("external_id"),
         )
-        qs = selectors.proposal_list(self.access, filters)
+        qs = rows.proposal_rows(selectors.proposal_list(self.access, filters))
         page, next_url = paginate(
             request, qs, q.get("page_size", settings.HITL_PAGE_SIZE), q.get("cursor")
         )
-        return Response(
-            {"results": s.ProposalOutputSerializer(page, many=True).data, "next": next_url}
-        )
+        return Response({"results": rows.render(page), "next": next_url})
 
     @extend_schema(
         request=s.ProposalInputSerializer,

@@ -5,6 +5,7 @@ was written, the relay kick without a result backend) keep their guarantees."""
 from __future__ import annotations
 
 import threading
+import uuid
 from typing import Any
 
 import pytest
@@ -136,7 +137,10 @@ def test_relay_kick_builds_no_result_backend_per_thread(settings):
 
 
 @pytest.fixture(autouse=True)
-def _fresh_key_cache() -> Any:
+def _fresh_key_cache(monkeypatch: pytest.MonkeyPatch) -> Any:
+    # A rights version of this test's own: other processes on the shared Redis change rights
+    # (and move the real one) at any moment, which would make the budgets flaky.
+    monkeypatch.setattr(live, "RIGHTS_VERSION_KEY", f"test-rights-{uuid.uuid4().hex}")
     key_cache.forget_all()
     yield
     key_cache.forget_all()

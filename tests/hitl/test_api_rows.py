@@ -1,0 +1,47 @@
+"""The list renders `.values()` rows (hitl.api.rows); it must say exactly what the serializer
+says about the same proposals, whatever their fields hold."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from hitl.api import rows
+from hitl.api.serializers import ProposalOutputSerializer
+from proposals import services
+from proposals.models import Proposal
+from tests.factories import submit
+
+pytestmark = pytest.mark.django_db
+
+
+def test_rows_render_exactly_what_the_serializer_renders(world):
+    submit(world.submitter, world.checkpoint, title="plain")
+    submit(
+        world.submitter,
+        world.checkpoint,
+        title="full",
+        payload={"n": 1.5, "nested": {"a": [1, None]}},
+        summary="s",
+        confidence=0.42,
+        impact=Decimal("12.5"),
+        region="eu",
+        labels={"team": "ops"},
+        external_id="ext-1",
+        callback_url="https://example.com/hook",
+        priority="high",
+        timeout_seconds=60,
+        payload_schema={"type": "object"},
+    )
+    claimed = submit(world.submitter, world.checkpoint, title="claimed")
+    services.proposal_claim(proposal_id=claimed.pk, actor=world.reviewer)
+    decided = submit(world.submitter, world.checkpoint, title="decided")
+    services.proposal_cancel(proposal_id=decided.pk, actor=world.submitter, reason="no")
+
+    qs = Proposal.objects.select_related("checkpoint", "submitted_by", "claimed_by").order_by(
+        "sla_due_at", "id"
+    )
+    expected = [dict(item) for item in ProposalOutputSerializer(qs, many=True).data]
+    assert rows.render(rows.proposal_rows(qs)) == expected
+    assert {row["title"] for row in expected} == {"plain", "full", "claimed", "decided"}
