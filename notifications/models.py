@@ -27,6 +27,8 @@ WEBHOOK_EVENTS = (
     "proposal.edited",
     "proposal.claimed",
     "proposal.released",
+    "checkpoint.override_rate_high",
+    "checkpoint.override_rate_normal",
 )
 
 

@@ -87,3 +87,17 @@ def _end_stray_database_sessions(django_db_setup: None, django_db_blocker: Any) 
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> None:
+    """The test database commits without waiting for its WAL flush. Durability after a crash
+    means nothing for a database dropped at the end of the run, and the suite makes tens of
+    thousands of commits (subprocess servers and workers included: the setting is the
+    database's default, so every new connection takes it)."""
+    from django.db import connection
+
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        name = connection.settings_dict["NAME"]
+        cursor.execute(f'ALTER DATABASE "{name}" SET synchronous_commit TO off')
+        cursor.execute("SET synchronous_commit TO off")

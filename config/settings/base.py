@@ -296,6 +296,10 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     },
 }
 HITL_IDEMPOTENCY_TTL_HOURS = env_int("HITL_IDEMPOTENCY_TTL_HOURS", 72, minimum=1)
+# How long a process trusts a verified API key and its grants (hitl/authentication.py).
+HITL_AUTH_CACHE_SECONDS = env_float("HITL_AUTH_CACHE_SECONDS", 5.0, minimum=0.0)
+# Audited writers on different chains never wait for each other (audit/services.py).
+HITL_AUDIT_CHAINS = env_int("HITL_AUDIT_CHAINS", 16, minimum=1)
 
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "nihil-obstat@localhost")
