@@ -23,16 +23,18 @@ idempotent: proposals are numbered `bulk-<n>`, and a run tops up to N.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection, models, transaction
+from django.db import connection, connections, models, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -93,6 +95,64 @@ def existing() -> int:
     return Proposal.objects.filter(external_id__startswith=PREFIX).count()
 
 
+def _highest() -> int:
+    """The highest number written so far (zero-padded, so the text order is the number's)."""
+    last = (
+        Proposal.objects.filter(external_id__startswith=PREFIX)
+        .order_by("-external_id")
+        .values_list("external_id", flat=True)
+        .first()
+    )
+    return int(last[len(PREFIX) :]) if last else 0
+
+
+@dataclass(frozen=True)
+class _Job:
+    agent: Any
+    contexts: dict[str, _Ctx]
+    plans: list[Plan]
+    weights: list[int]
+    now: datetime
+    days: int
+    seed: int
+
+
+_JOB: _Job | None = None  # set before the workers fork; they inherit it
+
+
+def _run_chunk(bounds: tuple[int, int]) -> int:
+    """Build and write proposals [first, last) in one transaction; in a worker process too."""
+    job = _JOB
+    assert job is not None
+    first, last = bounds
+    chunk = _Chunk()
+    for number in range(first, last):
+        # Seeded per proposal: the same N gives the same data whatever the chunking.
+        rng = random.Random(job.seed * 1_000_003 + number)
+        plan = rng.choices(job.plans, job.weights)[0]
+        _one(chunk, job.contexts[plan.checkpoint], job.agent, rng, job.now, job.days, number)
+    with transaction.atomic():
+        _write(chunk)
+    return last - first
+
+
+def default_workers() -> int:
+    """Two processes where there are two cores and PostgreSQL takes concurrent writers (the
+    audit hashing is most of the CPU, and chunks on different chains do not wait for each
+    other); one on SQLite, which serializes writers anyway."""
+    if connection.vendor != "postgresql":
+        return 1
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def _close_for_fork() -> None:
+    for wrapper in connections.all(initialized_only=True):
+        wrapper.close()
+        close_pool = getattr(wrapper, "close_pool", None)  # Django 5.1+, PostgreSQL with a pool
+        if close_pool is not None:
+            close_pool()
+
+
 def generate(
     *,
     agent: Any,
@@ -100,34 +160,47 @@ def generate(
     days: int = 30,
     seed: int = 11,
     chunk_size: int = CHUNK,
+    workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Top the bulk demo proposals up to `count`; the number created. Needs the demo
-    checkpoints and reviewers (seed_demo creates them first)."""
-    start = existing()
+    """Top the bulk demo proposals up to number `count`; the number created. Needs the demo
+    checkpoints and reviewers (seed_demo creates them first). Chunks commit one by one (with
+    several workers, not in order: a run that fails leaves what it committed, and a re-run
+    continues after the highest number written)."""
+    global _JOB
+    start = _highest()
     if start >= count:
         return 0
     contexts = _contexts(agent)
     if not contexts:
         return 0
     plans = [plan for plan in PLANS if plan.checkpoint in contexts]
-    weights = [plan.weight for plan in plans]
-    now = timezone.now()
+    _JOB = _Job(agent, contexts, plans, [p.weight for p in plans], timezone.now(), days, seed)
+    bounds = [(first, min(first + chunk_size, count)) for first in range(start, count, chunk_size)]
+    workers = default_workers() if workers is None else max(1, workers)
+    if connection.vendor != "postgresql":
+        workers = 1
     created = 0
-    for first in range(start, count, chunk_size):
-        last = min(first + chunk_size, count)
-        # Seeded per chunk: the same N gives the same data whatever the chunk boundaries were.
-        chunk = _Chunk()
-        for number in range(first, last):
-            rng = random.Random(seed * 1_000_003 + number)
-            plan = rng.choices(plans, weights)[0]
-            _one(chunk, contexts[plan.checkpoint], agent, rng, now, days, number)
-        with transaction.atomic():
-            _write(chunk)
-        created += last - first
-        if on_progress is not None:
-            on_progress(last - first)
-    return created
+    try:
+        if workers == 1 or len(bounds) == 1 or connection.in_atomic_block:
+            results: Iterable[int] = map(_run_chunk, bounds)
+            for done in results:
+                created += done
+                if on_progress is not None:
+                    on_progress(done)
+            return created
+        # Forked workers must not share the parent's sockets, nor its connection pool (psycopg
+        # pool threads and connections do not survive a fork): both closed here, each worker
+        # opens its own on first use.
+        _close_for_fork()
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            for done in pool.imap_unordered(_run_chunk, bounds):
+                created += done
+                if on_progress is not None:
+                    on_progress(done)
+        return created
+    finally:
+        _JOB = None
 
 
 def _contexts(agent: Any) -> dict[str, _Ctx]:

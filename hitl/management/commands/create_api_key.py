@@ -23,7 +23,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("username")
+        parser.add_argument("username", help="the user or service account the key is for")
         parser.add_argument("--name", default="cli", help="label for the key")
         parser.add_argument(
             "--service-account", action="store_true", help="create the service account if needed"

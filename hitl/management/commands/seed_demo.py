@@ -511,6 +511,7 @@ def seed_demo(
     api_key_file: Path | None = None,
     rotate_key: bool = False,
     bulk_proposals: int = 0,
+    workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> SeedResult:
     """Create (or complete) the demo data; keep the demo API key in `api_key_file` (a new one
@@ -532,7 +533,7 @@ def seed_demo(
         # After the demo's own transaction: the bulk path commits chunk by chunk, so a large
         # run neither holds one huge transaction nor the audit chain for its whole length.
         seeder.created["bulk_proposals"] = demo_bulk.generate(
-            agent=agent, count=bulk_proposals, on_progress=on_progress
+            agent=agent, count=bulk_proposals, workers=workers, on_progress=on_progress
         )
     return SeedResult(
         api_key=token,
@@ -607,6 +608,13 @@ class Command(BaseCommand):
             help="also load N generated proposals (numbered bulk-0000001...) with decided "
             "history, written in bulk; a re-run tops up to N",
         )
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=None,
+            help="processes writing --proposals in parallel (default: 2 on PostgreSQL with two "
+            "cores or more, else 1)",
+        )
         add_progress_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -617,6 +625,8 @@ class Command(BaseCommand):
             )
         if options["proposals"] < 0:
             raise refuse("--proposals must be 0 or more.")
+        if options["workers"] is not None and options["workers"] < 1:
+            raise refuse("--workers must be 1 or more.")
         credentials_file = options["credentials_file"] or default_credentials_file()
         wanted = options["proposals"]
         total = max(0, wanted - demo_bulk.existing()) if wanted else 0
@@ -629,6 +639,7 @@ class Command(BaseCommand):
                 api_key_file=options["api_key_file"] or credentials_file.parent / "demo-api-key",
                 rotate_key=options["rotate_key"],
                 bulk_proposals=wanted,
+                workers=options["workers"],
                 on_progress=bar.update,
             )
         if options["json"]:
