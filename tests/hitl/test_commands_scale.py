@@ -160,6 +160,9 @@ def test_streaming_commands_draw_progress_on_a_terminal_only(world: Any) -> None
     assert "audit events" in drawn and "100%" in drawn
     _, quiet = _with_tty("audit_export", "--no-progress")
     assert quiet == ""
+    verified, drawn = _with_tty("audit_verify")
+    assert "intact" in verified and "audit events" in drawn and "100%" in drawn
+    assert _with_tty("audit_verify", "--no-progress")[1] == ""
     stderr = StringIO()
     out = run("audit_export", stderr=stderr)  # not a terminal: data only, nothing else
     assert stderr.getvalue() == ""
