@@ -7,6 +7,9 @@ import os
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("SECRET_KEY", "test-secret-key-that-is-long-enough-0123456789")
+# Seeding makes no weeks of demo history (minutes of services calls) unless a test asks for
+# it; subprocesses (`up`, servers) inherit the environment and skip it too.
+os.environ.setdefault("HITL_DEMO_HISTORY_DAYS", "0")
 
 from config.settings.base import *  # noqa: F403
 

@@ -26,7 +26,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from audit.services import AUDIT_LOCK_CLASS
+from audit.services import AUDIT_LOCK_CLASS, chain_of
 from hitl import heartbeat
 from notifications.models import OutboxEvent
 from proposals.models import Proposal, Resolution, Status
@@ -106,16 +106,16 @@ def test_a_proposal_times_out_on_its_own(world: Any, tmp_path: Path) -> None:
 # --- a worker killed mid-task --------------------------------------------------------------
 
 
-def _advisory_waiters(conn: psycopg.Connection[Any]) -> list[int]:
-    """Backends of this database waiting for the audit chain lock."""
+def _advisory_waiters(conn: psycopg.Connection[Any], chain: int) -> list[int]:
+    """Backends of this database waiting for the lock of one audit chain."""
     rows = conn.execute(
         """
         SELECT l.pid FROM pg_locks l
         JOIN pg_database d ON d.oid = l.database
         WHERE l.locktype = 'advisory' AND NOT l.granted
-          AND l.classid = %s AND l.objid = 0 AND d.datname = current_database()
+          AND l.classid = %s AND l.objid = %s AND d.datname = current_database()
         """,
-        [AUDIT_LOCK_CLASS],
+        [AUDIT_LOCK_CLASS, chain],
     ).fetchall()
     return [pid for (pid,) in rows]
 
@@ -134,6 +134,7 @@ def test_a_task_killed_mid_run_runs_again_without_a_duplicate_effect(
     the timeout exactly once."""
     proposal = submit(world.submitter, world.checkpoint)
     Proposal.objects.filter(pk=proposal.pk).update(due_at=timezone.now() - timedelta(minutes=1))
+    chain = chain_of(proposal.pk)
     db = connection.settings_dict
     blocker = psycopg.connect(
         host=db["HOST"] or "127.0.0.1",
@@ -155,10 +156,10 @@ def test_a_task_killed_mid_run_runs_again_without_a_duplicate_effect(
         parent = psutil.Process(worker.pid)
         stopped = False
         try:
-            # Hold the audit chain lock so the sweep blocks inside audit_record.
-            blocker.execute("SELECT pg_advisory_lock(%s, 0)", [AUDIT_LOCK_CLASS])
+            # Hold the proposal's audit chain lock so the sweep blocks appending its event.
+            blocker.execute("SELECT pg_advisory_lock(%s, %s)", [AUDIT_LOCK_CLASS, chain])
             task_id = send(redis_url, "hitl.tasks.sweep")
-            first = wait_until(lambda: _advisory_waiters(blocker), 30, "the sweep to block")
+            first = wait_until(lambda: _advisory_waiters(blocker, chain), 30, "the sweep to block")
             assert len(first) == 1
             (child,) = parent.children()
 
@@ -178,10 +179,12 @@ def test_a_task_killed_mid_run_runs_again_without_a_duplicate_effect(
             stopped = False
 
             # The redelivered task runs in a new child and reaches the same point again.
-            second = wait_until(lambda: _advisory_waiters(blocker), 30, "the redelivered run")
+            second = wait_until(
+                lambda: _advisory_waiters(blocker, chain), 30, "the redelivered run"
+            )
             assert second != first
             assert [p.pid for p in parent.children()] != [child.pid]
-            blocker.execute("SELECT pg_advisory_unlock(%s, 0)", [AUDIT_LOCK_CLASS])
+            blocker.execute("SELECT pg_advisory_unlock(%s, %s)", [AUDIT_LOCK_CLASS, chain])
 
             def decided() -> bool:
                 return Proposal.objects.filter(pk=proposal.pk, status=Status.REJECTED).exists()

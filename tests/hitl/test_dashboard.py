@@ -110,9 +110,11 @@ def test_custom_periods_are_validated() -> None:
     assert (window.end - window.start).days == 1 and window.bucket == "hour"
 
 
-def test_demo_history_gives_every_chart_something(db: None, tmp_path: Any) -> None:
+def test_demo_history_gives_every_chart_something(db: None, tmp_path: Any, settings: Any) -> None:
     from hitl.management.commands.seed_demo import seed_demo
     from proposals.models import Checkpoint
+
+    settings.HITL_DEMO_HISTORY_DAYS = 21  # what `up` seeds (the tests default to none)
 
     seed_demo(credentials_file=tmp_path / "creds")
     checkpoints = list(Checkpoint.objects.all())
