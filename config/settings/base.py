@@ -133,8 +133,7 @@ else:
         DB_POOL_MAX_SIZE = env_int("DB_POOL_MAX_SIZE", 10, minimum=1)
         if DB_POOL_MIN_SIZE > DB_POOL_MAX_SIZE:
             raise ImproperlyConfigured(
-                f"DB_POOL_MIN_SIZE={DB_POOL_MIN_SIZE} is above DB_POOL_MAX_SIZE="
-                f"{DB_POOL_MAX_SIZE}."
+                f"DB_POOL_MIN_SIZE={DB_POOL_MIN_SIZE} is above DB_POOL_MAX_SIZE={DB_POOL_MAX_SIZE}."
             )
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": DB_POOL_MIN_SIZE,
@@ -152,9 +151,7 @@ REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6379/0", schemes=("redis", "
 # gives up after these many seconds and takes its "Redis unavailable" path.
 REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 0.5, minimum=0.01)
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.5, minimum=0.01)
-REDIS_TIMEOUTS = redis_clients.Timeouts(
-    connect=REDIS_CONNECT_TIMEOUT, socket=REDIS_SOCKET_TIMEOUT
-)
+REDIS_TIMEOUTS = redis_clients.Timeouts(connect=REDIS_CONNECT_TIMEOUT, socket=REDIS_SOCKET_TIMEOUT)
 CACHES = {"default": redis_clients.cache_config(REDIS_URL, REDIS_TIMEOUTS)}
 CHANNEL_LAYERS = {"default": redis_clients.channel_layer_config(REDIS_URL, REDIS_TIMEOUTS)}
 # Websockets ride Redis pub/sub (notifications.live.LiveChannelLayer): one publish per group,
