@@ -24,19 +24,21 @@ PYTHON = str(BASE_DIR / ".venv" / "bin" / "python")
 
 
 def head(url: str) -> tuple[int, str]:
+    """Chain 0's last (position, hash): after `audit_anchor` it covers every chain's head."""
     with psycopg.connect(url) as conn:
         row = conn.execute(
-            "SELECT seq, hash FROM audit_auditevent ORDER BY seq DESC LIMIT 1"
+            "SELECT chain_seq, hash FROM audit_auditevent WHERE chain = 0 "
+            "ORDER BY chain_seq DESC LIMIT 1"
         ).fetchone()
     assert row is not None
     return int(row[0]), str(row[1])
 
 
-def audit_verify(url: str) -> subprocess.CompletedProcess[str]:
-    # audit_verify reads only the database: the Redis URL is never contacted.
+def manage(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    # These commands read only the database: the Redis URL is never contacted.
     env = subprocess_env("redis://127.0.0.1:1/0", DATABASE_URL=url, NIHIL_SKIP_BOOTSTRAP="1")
     return subprocess.run(
-        [PYTHON, "manage.py", "audit_verify", "--json"],
+        [PYTHON, "manage.py", *args],
         cwd=BASE_DIR,
         env=env,
         capture_output=True,
@@ -45,14 +47,23 @@ def audit_verify(url: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def audit_verify(url: str) -> subprocess.CompletedProcess[str]:
+    return manage(url, "audit_verify", "--json")
+
+
 def test_a_restored_backup_verifies_and_keeps_the_recorded_chain_head(
     world: Any, tmp_path: Path
 ) -> None:
     for n in range(3):
         submit(world.submitter, world.checkpoint, payload={"n": n})
     source = database_url()
+    # The README's step: anchor every chain into chain 0 and keep what it prints.
+    anchored = manage(source, "audit_anchor")
+    assert anchored.returncode == 0, anchored.stdout + anchored.stderr
     recorded = head(source)
-    assert recorded[0] == AuditEvent.objects.count()
+    expected = f"chain 0 position {recorded[0]} hash {recorded[1]}"
+    assert anchored.stdout.strip() == expected
+    events_at_backup = AuditEvent.objects.count()
     dump = tmp_path / "nihil.dump"
     subprocess.run(
         ["pg_dump", "--format=custom", f"--file={dump}", source], check=True, timeout=120
@@ -72,11 +83,12 @@ def test_a_restored_backup_verifies_and_keeps_the_recorded_chain_head(
         )
         # The source moves on after the backup: the restored copy must not.
         submit(world.submitter, world.checkpoint, payload={"n": "after the backup"})
+        assert manage(source, "audit_anchor").returncode == 0
         assert head(source)[0] > recorded[0]
         result = audit_verify(restored)
         assert result.returncode == 0, result.stdout + result.stderr
         report = json.loads(result.stdout)
-        assert report["checked"] == recorded[0] and report["broken"] == 0
+        assert report["checked"] == events_at_backup and report["broken"] == 0
         assert head(restored) == recorded
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:

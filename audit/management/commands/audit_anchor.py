@@ -4,6 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from audit.models import AuditEvent
 from audit.services import audit_anchor
 
 
@@ -14,8 +15,16 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        anchor = audit_anchor()
-        if anchor is None:
-            self.stdout.write("Nothing appended since the last anchor.")
+        if audit_anchor() is None:
+            self.stderr.write("Nothing appended since the last anchor; its head stands.")
+        head = (
+            AuditEvent.objects.filter(chain=0)
+            .order_by("-chain_seq")
+            .values_list("chain_seq", "hash")
+            .first()
+        )
+        if head is None:
+            self.stderr.write("The audit trail is empty.")
             return
-        self.stdout.write(f"chain 0 position {anchor.chain_seq} hash {anchor.hash}")
+        # What to keep beside a backup: a restored copy's chain 0 must end here (or later).
+        self.stdout.write(f"chain 0 position {head[0]} hash {head[1]}")
