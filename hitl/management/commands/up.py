@@ -398,6 +398,8 @@ class Command(BaseCommand):
             rule,
             f"Nihil Obstat is up ({names}; ready in {elapsed:.1f}s)",
             f"  Review queue {base}/queue/",
+            f"  Dashboard    {base}/dashboard/ (managers)",
+            f"  Connect      {base}/connect/ (an agent: key and snippets)",
             f"  Admin        {base}/admin/",
             f"  API docs     {base}/api/docs/",
             f"  API          {base}/api/v1/",
