@@ -17,7 +17,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-MAX_JSON_DEPTH = 32
+from proposals.policy import MAX_PAYLOAD_DEPTH as MAX_JSON_DEPTH  # one bound for every payload
 
 WRONG_TYPE = "wrong_type"
 
