@@ -93,10 +93,10 @@ def test_a_keyed_bulk_retried_after_a_crash_resumes_without_duplicates(
     real_item = views._bulk_item
     monkeypatch.setattr(views.ProposalBulkView, "CHUNK", 2)  # items commit two at a time
 
-    def crash_at_item_3(data: Any, key: str | None, checkpoints: Any) -> Any:
+    def crash_at_item_3(parser: Any, data: Any, key: str | None, checkpoints: Any) -> Any:
         if data["title"] == "item 3":
             raise RuntimeError("the process died here")
-        return real_item(data, key, checkpoints)
+        return real_item(parser, data, key, checkpoints)
 
     monkeypatch.setattr(views, "_bulk_item", crash_at_item_3)
     crashed = agent.post(BULK, body, format="json", HTTP_IDEMPOTENCY_KEY="resumable")

@@ -1,0 +1,108 @@
+"""Bulk submit: many `proposal_submit`s written set-based.
+
+Each item is checked, built, routed and announced by the very functions a single submit uses
+(`proposals.services`), so a bulk item ends exactly as the same item submitted alone. What
+differs is only how the rows reach the database: one INSERT per table for the whole call, and
+the audit events appended through `audit_batch` (one head read and one INSERT for all of them,
+each event still hashed, chained and positioned as if recorded one by one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from django.db import transaction
+from django.utils import timezone
+
+from audit.services import audit_batch, audit_record
+from notifications.services import outbox_emit_many
+from proposals import policy
+from proposals.errors import ApplicationError
+from proposals.models import Checkpoint, Proposal, Revision
+from proposals.permissions import Access, access_for, electorate_ids
+from proposals.services import (
+    ProposalInput,
+    _apply_route,
+    _as_prefetched,
+    _check_submission,
+    _first_revision,
+    _new_proposal,
+    _route,
+    _submitted_data,
+)
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+
+@dataclass(frozen=True)
+class SubmitItem:
+    checkpoint: Checkpoint
+    data: ProposalInput
+    idempotency_key: str | None = None
+
+
+def proposal_submit_many(
+    *, submitter: User, items: list[SubmitItem], access: Access | None = None
+) -> list[Proposal | ApplicationError]:
+    """`proposal_submit` for each item, in one transaction: one INSERT each for the proposals,
+    their revisions, both history tables and the outbox rows, and one audit event per proposal
+    (all in the one chain the transaction holds, inserted together at the end). An item that
+    fails its checks is answered by its error and written by nobody; the others are written
+    together. Routing is the single submit's (`_route`); the few a policy decides then go
+    through `transition`, exactly as alone (their audit events join the batch). A database
+    error (a reused idempotency key) undoes the whole call: the caller retries item by item."""
+    access = access or access_for(submitter)
+    now = timezone.now()
+    results: list[Proposal | ApplicationError] = []
+    electorates: dict[int, int] = {}
+    written: list[tuple[Proposal, Revision, policy.Route, ProposalInput]] = []
+    for item in items:
+        try:
+            _check_submission(access, item.checkpoint, item.data)
+        except ApplicationError as exc:
+            results.append(exc)
+            continue
+        checkpoint = item.checkpoint
+        if checkpoint.pk not in electorates:
+            electorates[checkpoint.pk] = len(
+                electorate_ids(checkpoint, submitter_id=submitter.pk, escalated=False)
+            )
+        proposal = _new_proposal(
+            submitter, checkpoint, item.data, item.idempotency_key, electorates[checkpoint.pk], now
+        )
+        revision = _first_revision(proposal, item.data, submitter, now)
+        written.append(
+            (proposal, revision, _route(proposal, checkpoint, item.data, now), item.data)
+        )
+        results.append(proposal)
+    if not written:
+        return results
+    proposals = [w[0] for w in written]
+    revisions = [w[1] for w in written]
+    with transaction.atomic(), audit_batch():
+        Proposal.objects.bulk_create(proposals)
+        history = Proposal.history  # type: ignore[attr-defined]
+        history.bulk_history_create(proposals, default_user=submitter, default_date=now)
+        Revision.objects.bulk_create(revisions)
+        Revision.history.bulk_history_create(  # type: ignore[attr-defined]
+            revisions, default_user=submitter, default_date=now
+        )
+        submitted = [(p, _submitted_data(d, data)) for p, _r, d, data in written]
+        outbox_emit_many([("proposal.submitted", p, event) for p, event in submitted])
+        for proposal, event in submitted:
+            audit_record(
+                verb="proposal.submitted",
+                actor=submitter,
+                proposal=proposal,
+                revision=proposal.revision,
+                data=event,
+            )
+        for proposal, _revision, decision, data in written:
+            # Created in this transaction: invisible to everyone else, so as good as locked.
+            proposal._hitl_locked = True  # type: ignore[attr-defined]
+            _apply_route(proposal, decision, data)
+    for proposal, revision, _decision, _data in written:
+        _as_prefetched(proposal, revisions=[revision], votes=[])
+    return results
