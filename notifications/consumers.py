@@ -126,11 +126,13 @@ class _Base(AsyncJsonWebsocketConsumer):
         for group in getattr(self, "groups_joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
 
-    async def _current_access(self) -> Access | None | bool:
-        """True when nothing changed since the last check (one cache read); otherwise the
+    async def _current_access(self, version: Any = live.NOT_READ) -> Access | None | bool:
+        """True when nothing changed since the last check (one cache read, or `version`: the
+        one the fan-out read for every socket after the message arrived); otherwise the
         socket's access re-read from the database, or None (closed: signed out)."""
         expired = self.key_expires_at is not None and self.key_expires_at <= timezone.now()
-        version = await live.rights_version_async()
+        if version is live.NOT_READ:
+            version = await live.rights_version_async()
         if not expired and version == self.rights_seen and version is not live.RIGHTS_UNKNOWN:
             return True
         self.rights_seen = version  # read before the state it vouches for
@@ -191,10 +193,7 @@ class _Base(AsyncJsonWebsocketConsumer):
                 await self._replay(seq)
 
     async def _send_event(self, message: dict[str, Any]) -> None:
-        await self.send_json(
-            {key: value for key, value in message.items() if key != "type"}
-            | {"type": message["event"]}
-        )
+        await self.send(text_data=live.wire_text(message))
         if message.get("id"):
             self.recent_ids.add(str(message["id"]))
         seq = live.parse_seq(message.get("seq"))
@@ -236,7 +235,7 @@ class _Base(AsyncJsonWebsocketConsumer):
     async def proposal_update(self, message: dict[str, Any]) -> None:
         if str(message.get("id")) in self.recent_ids:
             return  # already replayed
-        access = await self._current_access()
+        access = await self._current_access(message.get(live.RIGHTS_KEY, live.NOT_READ))
         if access is None:
             return
         if isinstance(access, Access) and not await self._may_see(access, message["proposal"]):

@@ -232,6 +232,27 @@ def broadcast(messages: list[tuple[str, LiveMessage]]) -> bool:
 # HITL_LIVE_SOCKET_BACKLOG messages: on overflow the queue is emptied and replaced by one
 # OVERFLOW_TYPE message, the drop is logged and counted, and the consumer replays the socket
 # from the stream after the last `seq` it sent (consumers._Base.live_overflow).
+#
+# The fan-out of one event to the sockets of a process is in-process and does per-event work
+# once: Redis holds one subscription per group per process (a socket's own channel is local:
+# nothing sends to one across processes), the message is decoded once and the same dict,
+# read-only, is handed to every socket; the rights version the sockets check it against is
+# read once (RIGHTS_KEY) and the JSON the sockets send is encoded once (`wire_text`).
+
+RIGHTS_KEY = "_rights"  # the rights version read after the event reached this process
+WIRE_KEY = "_wire"  # the event's JSON as the sockets send it, encoded by the first to send
+NOT_READ = object()  # no rights version came with the message: the socket reads it itself
+
+
+def wire_text(message: dict[str, Any]) -> str:
+    """The client's JSON of a live message (its `event` as `type`), encoded once per message
+    however many sockets send it."""
+    text: str | None = message.get(WIRE_KEY)
+    if text is None:
+        fields = {k: v for k, v in message.items() if k not in ("type", RIGHTS_KEY, WIRE_KEY)}
+        text = json.dumps(fields | {"type": message["event"]})
+        message[WIRE_KEY] = text  # a memo on the shared message: the same for every socket
+    return text
 
 
 class _Shard(RedisSingleShardConnection):
@@ -247,30 +268,62 @@ class _Shard(RedisSingleShardConnection):
             await pipe.execute()
 
     def _receive_message(self, message: Any) -> None:
-        if message is None:
-            return
-        name = message["channel"]
-        if isinstance(name, bytes):
-            name = name.decode()
-        layer = self.channel_layer
-        if name in layer.channels:
-            layer.deliver(name, message["data"])
-        else:
-            for channel in list(layer.groups.get(name, ())):
-                layer.deliver(channel, message["data"])
+        if message is not None:
+            self.channel_layer.arrived(message)
 
 
 class _LoopLayer(RedisPubSubLoopLayer):
-    channels: dict[str, asyncio.Queue[bytes]]
+    channels: dict[str, asyncio.Queue[dict[str, Any]]]  # type: ignore[assignment]
 
     def __init__(self, hosts: Any = None, *, backlog: int = 1000, **kwargs: Any) -> None:
         super().__init__(hosts, **kwargs)
         self.backlog = backlog
         self._shards = [_Shard(host, self) for host in decode_hosts(hosts)]
+        self._arrivals: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._fan_out_task: asyncio.Task[None] | None = None
 
     async def _subscribe_to_channel(self, channel: str) -> None:
+        # Local only: no SUBSCRIBE round trip per socket (500 at a reconnect storm).
         self.channels[channel] = asyncio.Queue(maxsize=self.backlog)
-        await self._get_shard(channel).subscribe(channel)
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        """The next message for a socket of this process, already decoded (shared: read-only)."""
+        if channel not in self.channels:
+            await self._subscribe_to_channel(channel)
+        try:
+            return await self.channels[channel].get()
+        except (asyncio.CancelledError, TimeoutError, GeneratorExit):
+            self.channels.pop(channel, None)  # the consumer is gone (channels' convention)
+            raise
+
+    def arrived(self, message: dict[str, Any]) -> None:
+        name = message["channel"]
+        self._arrivals.put_nowait(
+            (name.decode() if isinstance(name, bytes) else name, message["data"])
+        )
+        if self._fan_out_task is None or self._fan_out_task.done():
+            self._fan_out_task = asyncio.ensure_future(self._fan_out())
+
+    async def _fan_out(self) -> None:
+        """Deliver what arrived, in order: per batch one rights-version read, per event one
+        decode, then the same dict to every socket of its group."""
+        while not self._arrivals.empty():
+            batch = []
+            while not self._arrivals.empty():
+                batch.append(self._arrivals.get_nowait())
+            rights = await rights_version_async()
+            for name, data in batch:
+                try:
+                    decoded = self.channel_layer.deserialize(data)
+                except Exception:
+                    logger.warning("undecodable live message on %s dropped", name, exc_info=True)
+                    continue
+                decoded[RIGHTS_KEY] = rights
+                if name in self.channels:
+                    self.deliver(name, decoded)
+                else:
+                    for channel in list(self.groups.get(name, ())):
+                        self.deliver(channel, decoded)
 
     async def group_send_many(self, pairs: list[tuple[str, dict[str, Any]]]) -> None:
         by_shard: dict[int, tuple[_Shard, list[tuple[str, bytes]]]] = {}
@@ -281,12 +334,12 @@ class _LoopLayer(RedisPubSubLoopLayer):
             by_shard.setdefault(id(shard), (shard, []))[1].append(item)
         await asyncio.gather(*(shard.publish_many(items) for shard, items in by_shard.values()))
 
-    def deliver(self, channel: str, data: bytes) -> None:
+    def deliver(self, channel: str, message: dict[str, Any]) -> None:
         queue = self.channels.get(channel)
         if queue is None:
             return
         try:
-            queue.put_nowait(data)
+            queue.put_nowait(message)
             return
         except asyncio.QueueFull:
             pass
@@ -294,7 +347,7 @@ class _LoopLayer(RedisPubSubLoopLayer):
         while not queue.empty():
             queue.get_nowait()
             dropped += 1
-        queue.put_nowait(self.channel_layer.serialize({"type": OVERFLOW_TYPE}))
+        queue.put_nowait({"type": OVERFLOW_TYPE, "dropped": dropped})
         from hitl.ops import metrics
 
         metrics.never_raise("live overflow", lambda: metrics.LIVE_OVERFLOW.inc(dropped))
@@ -308,7 +361,8 @@ class _LoopLayer(RedisPubSubLoopLayer):
 
 
 class LiveChannelLayer(RedisPubSubChannelLayer):
-    """RedisPubSubChannelLayer with a bounded, counted, recoverable backlog per socket.
+    """RedisPubSubChannelLayer with a bounded, counted, recoverable backlog per socket and a
+    fan-out that does per-event work once per process (see above).
     CONFIG: `hosts` as channels_redis, `backlog` (HITL_LIVE_SOCKET_BACKLOG)."""
 
     async def group_send_many(self, pairs: list[tuple[str, dict[str, Any]]]) -> None:
