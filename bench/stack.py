@@ -331,6 +331,8 @@ class Stack:
         return [
             *(PYTHON, "-m", "uvicorn", f"{app}:application", "--host", "127.0.0.1"),
             *("--port", str(port), "--lifespan", "off", "--no-access-log"),
+            # As `up` and deploy/: no per-socket compression of the live fan-out.
+            *("--ws-per-message-deflate", "false"),
         ]
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> Proc:

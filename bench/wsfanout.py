@@ -2,9 +2,14 @@
 submits at RATE per second for SECONDS; every socket should hear of every submit.
 
 `python -m bench.wsfanout` reads a JSON spec on stdin ({"ws_url", "http_url", "socket_token",
-"submit_token", "checkpoint", "sockets", "rate", "seconds", "drain_seconds"}) and prints one
-JSON line: sockets connected, messages expected / received / lost, latency p50/p99 from commit
-to socket, submit errors.
+"submit_token", "checkpoint", "sockets", "rate", "seconds", "drain_seconds", optionally
+"listeners"}) and prints one JSON line: sockets planned / connected, messages expected /
+received / lost, latency p50/p99 from commit to socket, errors with samples, the load
+generator's own CPU.
+
+The sockets are spread over listener processes (`--listen`, one per CPU by default, at most one
+per 100 sockets): one Python process reading 5,000 messages/s would measure itself, not the
+server. This process only submits and tallies.
 
 Latency is measured from the event's `version` (the outbox row's created_at, stamped inside the
 committing transaction: at most that transaction's length before the commit) to the moment the
@@ -16,6 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
+import os
+import resource
+import subprocess
 import sys
 import time
 from datetime import datetime
@@ -26,28 +35,40 @@ import websockets
 
 from bench.load import percentile
 
+CONNECT_WAIT_S = 120  # for every planned socket to hear its hello
 
-async def _run(spec: dict[str, Any]) -> dict[str, Any]:
-    sockets: int = spec["sockets"]
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --- a listener process: `count` sockets ------------------------------------------------------
+
+
+async def _listen(spec: dict[str, Any]) -> None:
+    sockets: int = spec["count"]
     received: list[dict[str, float]] = [{} for _ in range(sockets)]
-    joined: list[float | None] = [None] * sockets  # when each socket heard its hello
-    connect_errors: list[str] = []
-    hello = asyncio.Event()
-    connected = 0
+    joined: list[bool] = [False] * sockets
+    errors: list[str] = []
+    attempted = 0
+    all_attempted = asyncio.Event()
 
-    async def listen(number: int, ready: asyncio.Event) -> None:
-        nonlocal connected
+    def settled() -> None:
+        nonlocal attempted
+        attempted += 1
+        if attempted == sockets:
+            all_attempted.set()
+
+    async def listen(number: int) -> None:
         url = f"{spec['ws_url']}/ws/queue/?token={spec['socket_token']}"
         try:
             async with websockets.connect(url, open_timeout=60, max_queue=None) as ws:
                 first = json.loads(await ws.recv())
                 if first.get("type") != "hello":
                     raise RuntimeError(f"first message {first!r}")
-                connected += 1
-                joined[number] = time.monotonic()
-                if connected == sockets:
-                    hello.set()
-                ready.set()
+                joined[number] = True
+                settled()
                 async for raw in ws:
                     now = time.time()
                     message = json.loads(raw)
@@ -56,53 +77,100 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
                         version = datetime.fromisoformat(message["version"]).timestamp()
                         received[number].setdefault(proposal, now - version)
         except (OSError, websockets.WebSocketException, RuntimeError, TimeoutError) as exc:
-            if len(connect_errors) < 5:
-                connect_errors.append(repr(exc))
-            ready.set()
+            errors.append(repr(exc))
+            if not joined[number]:
+                settled()
 
-    phase_started = time.monotonic()
-    timings: dict[str, float] = {}
     tasks = []
     # Connect in small waves: a burst of 500 handshakes at once measures the accept queue.
     for number in range(sockets):
-        ready = asyncio.Event()
-        tasks.append(asyncio.create_task(listen(number, ready)))
+        tasks.append(asyncio.create_task(listen(number)))
         if number % 25 == 24:
             await asyncio.sleep(0.05)
-    with contextlib.suppress(TimeoutError):  # who did not connect is counted below
-        await asyncio.wait_for(hello.wait(), timeout=120)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(all_attempted.wait(), timeout=CONNECT_WAIT_S)
+    # Only sockets listening before the first submit can be expected to hear all of them.
+    listening = [n for n in range(sockets) if joined[n]]
+    print(json.dumps({"connected": len(listening)}), flush=True)
 
-    timings["connect_s"] = time.monotonic() - phase_started
-    phase_started = time.monotonic()
-    # Only sockets that were listening before the first submit can be expected to hear all
-    # of them; one that joined later is counted as late, not as losing messages.
-    listening = [n for n in range(sockets) if joined[n] is not None]
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    order = json.loads(line)
+    expected = set(order["expected"])
+    deadline = time.monotonic() + order["drain_seconds"]
+    while time.monotonic() < deadline:
+        if all(expected <= received[n].keys() for n in listening):
+            break
+        await asyncio.sleep(0.2)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    print(
+        json.dumps(
+            {
+                "listening": len(listening),
+                "connected_late": sum(joined) - len(listening),
+                "latencies": [
+                    received[n][pid] for n in listening for pid in expected & received[n].keys()
+                ],
+                "dropped_connections": len(errors) - (sockets - sum(joined)),
+                "errors": errors[:5],
+                "error_count": len(errors),
+                "cpu_s": _cpu_seconds(),
+            }
+        ),
+        flush=True,
+    )
+
+
+# --- the coordinator: listeners, submits, tally ------------------------------------------------
+
+
+def _listeners(spec: dict[str, Any]) -> list[subprocess.Popen[str]]:
+    sockets: int = spec["sockets"]
+    count = spec.get("listeners") or max(1, min(os.cpu_count() or 1, math.ceil(sockets / 100)))
+    procs = []
+    for index in range(count):
+        share = sockets // count + (1 if index < sockets % count else 0)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.wsfanout", "--listen"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps({**spec, "count": share}) + "\n")
+        proc.stdin.flush()
+        procs.append(proc)
+    return procs
+
+
+async def _submit_all(spec: dict[str, Any]) -> tuple[list[str], list[str], int]:
     submitted: list[str] = []
-    submit_errors: list[str] = []
+    errors: list[str] = []
+    failures = 0
     interval = 1.0 / spec["rate"]
     total = int(spec["rate"] * spec["seconds"])
-    headers = {
-        "Authorization": f"Bearer {spec['submit_token']}",
-        "X-Forwarded-Proto": "https",
-    }
+    headers = {"Authorization": f"Bearer {spec['submit_token']}", "X-Forwarded-Proto": "https"}
     async with httpx.AsyncClient(base_url=spec["http_url"], timeout=60, headers=headers) as client:
 
         async def submit(number: int) -> None:
+            nonlocal failures
+            body = {
+                "checkpoint": spec["checkpoint"],
+                "title": f"fan-out {number}",
+                "payload": {"cost": 1},
+            }
             try:
-                response = await client.post(
-                    "/api/v1/proposals/",
-                    json={
-                        "checkpoint": spec["checkpoint"],
-                        "title": f"fan-out {number}",
-                        "payload": {"cost": 1},
-                    },
-                )
-                if response.status_code == 201:
-                    submitted.append(response.json()["id"])
-                elif len(submit_errors) < 5:
-                    submit_errors.append(f"{response.status_code}: {response.text[:200]}")
+                response = await client.post("/api/v1/proposals/", json=body)
             except httpx.HTTPError as exc:
-                submit_errors.append(repr(exc))
+                failures += 1
+                errors.append(repr(exc))
+                return
+            if response.status_code == 201:
+                submitted.append(response.json()["id"])
+            else:
+                failures += 1
+                errors.append(f"submit {response.status_code}: {response.text[:200]}")
 
         start = time.monotonic()
         pending = []
@@ -113,47 +181,72 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
                 await asyncio.sleep(delay)
             pending.append(asyncio.create_task(submit(number)))
         await asyncio.gather(*pending)
+    return submitted, errors, failures
 
-    timings["submit_s"] = time.monotonic() - phase_started
-    phase_started = time.monotonic()
-    expected_ids = set(submitted)
-    deadline = time.monotonic() + spec["drain_seconds"]
-    while time.monotonic() < deadline:
-        if all(expected_ids <= set(received[n]) for n in listening):
-            break
-        await asyncio.sleep(0.2)
-    timings["drain_s"] = time.monotonic() - phase_started
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
-    latencies = [seen[pid] for seen in received[:sockets] for pid in expected_ids if pid in seen]
-    expected = len(expected_ids) * sockets
-    got = len(latencies)
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    sockets: int = spec["sockets"]
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    procs = _listeners(spec)
+    ready = [json.loads(proc.stdout.readline()) for proc in procs if proc.stdout]
+    connected = sum(r["connected"] for r in ready)
+    timings["connect_s"] = time.monotonic() - started
+
+    started = time.monotonic()
+    submitted, submit_errors, submit_failures = asyncio.run(_submit_all(spec))
+    timings["submit_s"] = time.monotonic() - started
+
+    started = time.monotonic()
+    order = json.dumps({"expected": submitted, "drain_seconds": spec["drain_seconds"]}) + "\n"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(order)
+        proc.stdin.flush()
+    reports = []
+    for proc in procs:
+        assert proc.stdout is not None
+        reports.append(json.loads(proc.stdout.readline()))
+        proc.wait(30)
+    timings["drain_s"] = time.monotonic() - started
+
+    latencies = [value for report in reports for value in report["latencies"]]
+    listening = sum(r["listening"] for r in reports)
+    expected = len(submitted) * listening
+    socket_errors = [sample for report in reports for sample in report["errors"]]
+    failed = sockets - connected - sum(r["connected_late"] for r in reports)
+    dropped = sum(r["dropped_connections"] for r in reports)
+    total = int(spec["rate"] * spec["seconds"])
     return {
         "sockets": sockets,
-        "connected": len(listening),
-        "connected_late": connected - len(listening),
-        "failed_to_connect": sockets - connected,
+        "connected": listening,
+        "connected_late": sum(r["connected_late"] for r in reports),
+        "failed_to_connect": failed,
+        "dropped_connections": dropped,
+        "listeners": len(procs),
         "submitted": len(submitted),
         "submits_planned": total,
         "expected_messages": expected,
-        "received_messages": got,
-        "lost_messages": expected - got,
+        "received_messages": len(latencies),
+        "lost_messages": expected - len(latencies),
         "p50_ms": None if not latencies else percentile(latencies, 0.5) * 1000,  # type: ignore[operator]
         "p99_ms": None if not latencies else percentile(latencies, 0.99) * 1000,  # type: ignore[operator]
         "max_ms": None if not latencies else max(latencies) * 1000,
         **timings,
-        "errors": len(submit_errors) + (sockets - connected),
+        "loadgen_cpu_s": _cpu_seconds() + sum(r["cpu_s"] for r in reports),
+        "errors": submit_failures + failed + dropped,
         "note": "lost = messages not received within drain_s after the last submit, by the "
         "sockets listening before the first submit",
-        "error_samples": (submit_errors + connect_errors)[:5],
+        "error_samples": (submit_errors + socket_errors)[:5],
     }
 
 
 def main() -> None:
     spec = json.loads(sys.stdin.readline())
-    print(json.dumps(asyncio.run(_run(spec))), flush=True)
+    if sys.argv[1:] == ["--listen"]:
+        asyncio.run(_listen(spec))
+    else:
+        print(json.dumps(run(spec)), flush=True)
 
 
 if __name__ == "__main__":
