@@ -276,6 +276,9 @@ class Command(BaseCommand):
                     str(port),
                     "--lifespan",
                     "off",  # Django's ASGI app has no lifespan protocol
+                    # Live messages are small and go to hundreds of sockets: compressing each
+                    # frame for each socket cost more CPU than the whole rest of the fan-out.
+                    *("--ws-per-message-deflate", "false"),
                     # N processes on one listening socket (uvicorn's supervisor restarts one
                     # that dies). Websockets need nothing more: every process subscribes to
                     # the groups of its own sockets (notifications.live), and Prometheus
