@@ -25,9 +25,11 @@ import asyncio
 import functools
 import json
 import logging
+import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any, NotRequired, TypedDict, TypeVar
+from typing import Any, Generic, NotRequired, TypedDict, TypeVar
 
 import redis
 from asgiref.sync import async_to_sync, sync_to_async
@@ -296,6 +298,13 @@ class _LoopLayer(RedisPubSubLoopLayer):
             self.channels.pop(channel, None)  # the consumer is gone (channels' convention)
             raise
 
+    def receive_nowait(self, channel: str) -> dict[str, Any] | None:
+        """The next message already queued for a socket of this process, or None."""
+        queue = self.channels.get(channel)
+        if queue is None or queue.empty():
+            return None
+        return queue.get_nowait()
+
     def arrived(self, message: dict[str, Any]) -> None:
         name = message["channel"]
         self._arrivals.put_nowait(
@@ -365,6 +374,9 @@ class LiveChannelLayer(RedisPubSubChannelLayer):
     fan-out that does per-event work once per process (see above).
     CONFIG: `hosts` as channels_redis, `backlog` (HITL_LIVE_SOCKET_BACKLOG)."""
 
+    def receive_nowait(self, channel: str) -> dict[str, Any] | None:
+        return self._get_layer().receive_nowait(channel)
+
     async def group_send_many(self, pairs: list[tuple[str, dict[str, Any]]]) -> None:
         """group_send for many (group, message) pairs: each group hears its messages in
         order, and a broadcast of hundreds costs one round trip per Redis shard."""
@@ -413,19 +425,20 @@ class _Admission:
 connecting = _Admission(limit=8)
 
 
-# --- the rights version, read once for all the sockets that ask together -----------------------
+# --- reads shared by the sockets of a process: rights version, stream head, handshake -------
 
 
-class _Coalesced:
-    """One cache read shared by every socket of this process that asks while it is not yet
+class _Coalesced(Generic[T]):
+    """One read of `fetch` shared by every socket of this process that asks while it is not yet
     under way. A read joined is one started after the joiner asked, so no socket ever acts on
-    a version older than its question: a fan-out to 500 sockets costs one GET, not 500 GETs
-    through one thread."""
+    a value older than its question: a fan-out to (or a reconnect storm of) 500 sockets costs
+    one read, not 500 reads through the thread pool."""
 
-    def __init__(self) -> None:
-        self._waiting: dict[asyncio.AbstractEventLoop, asyncio.Future[Any]] = {}
+    def __init__(self, fetch: Callable[[], T]) -> None:
+        self._fetch = fetch
+        self._waiting: dict[asyncio.AbstractEventLoop, asyncio.Future[T]] = {}
 
-    async def read(self) -> str | None | RightsUnknown:
+    async def read(self) -> T:
         loop = asyncio.get_running_loop()
         future = self._waiting.get(loop)
         if future is None:
@@ -434,10 +447,10 @@ class _Coalesced:
             loop.call_soon(lambda: asyncio.ensure_future(self._run(loop, future)))
         return await asyncio.shield(future)
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
+    async def _run(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[T]) -> None:
         self._waiting.pop(loop, None)  # who asks from now on waits for the next read
         try:
-            value = await sync_to_async(rights_version, thread_sensitive=False)()
+            value = await sync_to_async(self._fetch, thread_sensitive=False)()
         except BaseException as exc:  # handed to every waiter, then re-raised by each
             if not future.done():
                 future.set_exception(exc)
@@ -446,11 +459,57 @@ class _Coalesced:
             future.set_result(value)
 
 
-_rights_reader = _Coalesced()
+_rights_reader: _Coalesced[str | None | RightsUnknown] = _Coalesced(lambda: rights_version())
+_head_reader: _Coalesced[str] = _Coalesced(lambda: stream_head())
 
 
 async def rights_version_async() -> str | None | RightsUnknown:
     return await _rights_reader.read()
+
+
+async def stream_head_async() -> str:
+    return await _head_reader.read()
+
+
+class _HandshakeCache:
+    """What a socket's handshake reads from the database (its API key and user, its user's
+    access), shared by the sockets of this process that connect under the same rights version
+    within `seconds`: one reviewer's 500 sockets reconnecting at once cost one read each, not
+    500 through a pool of ten connections. As fresh as an open socket's own re-check: every
+    change to who-may-see-what moves the rights version (see below), and a socket reads the
+    version before it asks. Concurrent misses share one read; failures are not kept."""
+
+    def __init__(self, seconds: float = 5.0, max_entries: int = 10_000) -> None:
+        self.seconds = seconds
+        self.max_entries = max_entries
+        self._by_loop: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[tuple[Any, ...], tuple[asyncio.Future[Any], float]]
+        ] = weakref.WeakKeyDictionary()
+
+    async def get(
+        self, key: tuple[Any, ...], rights: Any, compute: Callable[[], Awaitable[T]]
+    ) -> T:
+        if isinstance(rights, RightsUnknown):
+            return await compute()  # no version to vouch for a remembered answer
+        entries = self._by_loop.setdefault(asyncio.get_running_loop(), {})
+        full = (*key, rights)
+        now = time.monotonic()
+        entry = entries.get(full)
+        if entry is None or entry[1] <= now:
+            if len(entries) >= self.max_entries:
+                entries.clear()
+            entry = (asyncio.ensure_future(compute()), now + self.seconds)
+            entries[full] = entry
+        future = entry[0]
+        try:
+            return await asyncio.shield(future)  # type: ignore[no-any-return]
+        except BaseException:
+            if future.done() and entries.get(full, (None, 0.0))[0] is future:
+                del entries[full]
+            raise
+
+
+handshakes = _HandshakeCache()
 
 
 # --- rights changes reach open sockets -------------------------------------------------------

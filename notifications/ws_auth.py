@@ -4,6 +4,7 @@ cross-site, so the Origin check is the websocket's CSRF protection)."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -52,9 +53,18 @@ def _token_scope_sync(token: str) -> dict[str, Any]:
 
 
 async def _token_scope(token: str) -> dict[str, Any]:
+    """The key's scope, read once per rights version for every socket of this process that
+    comes with the same token (live.handshakes): revoking, expiring or deactivating moves it."""
     async with live.connecting():
-        result: dict[str, Any] = await live.db_async(_token_scope_sync)(token)
-    return result
+        rights = await live.rights_version_async()
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        found: dict[str, Any] = await live.handshakes.get(
+            ("token", digest), rights, lambda: live.db_async(_token_scope_sync)(token)
+        )
+    expires_at = found.get("api_key_expires_at")
+    if expires_at is not None and expires_at <= timezone.now():
+        return {"user": AnonymousUser(), "api_key_id": None}
+    return found
 
 
 class TokenOrSessionAuthMiddleware:

@@ -215,3 +215,49 @@ def test_open_queue_socket_joins_a_checkpoint_granted_while_open(world):
         await rita.disconnect()
 
     run(scenario)
+
+
+# --- the handshake's shared reads (live.handshakes) vouch for nothing a change took away -------
+
+
+def test_a_key_revoked_between_two_connects_is_refused_at_the_second(world):
+    """The first socket's key lookup is shared with the sockets that follow it (one read for a
+    reconnect storm), but not past a revocation."""
+    issued = api_key_create(user=world.reviewer, name="revoked between connects")
+
+    async def scenario() -> None:
+        first = socket("/ws/queue/", token=issued.token)
+        await hello(first)
+        await sync_to_async(api_key_revoke)(api_key=issued.api_key, revoked_by=world.manager)
+        second = socket("/ws/queue/", token=issued.token)
+        assert await connect(second) == (False, consumers.CLOSE_UNAUTHENTICATED)
+        await first.disconnect()
+
+    run(scenario)
+
+
+def test_a_socket_opened_after_a_grant_was_removed_does_not_join_its_checkpoint(world):
+    """The first socket's access is shared with the sockets that follow it, but not past a
+    change of grants: the second socket never hears the checkpoint."""
+    tokens = {"rita": token_for(world.reviewer), "raj": token_for(world.reviewer2)}
+    approvers = Group.objects.get(name="approvers")
+
+    async def scenario() -> None:
+        before = socket("/ws/queue/", token=tokens["rita"])
+        await hello(before)
+        await sync_to_async(world.reviewer.groups.remove)(approvers)
+        after = socket("/ws/queue/", token=tokens["rita"])
+        raj = socket("/ws/queue/", token=tokens["raj"])
+        for comm in (after, raj):
+            await hello(comm)
+        pid = await sync_to_async(submit_and_relay)(world, "after the grant went")
+        got, seen = await wait_for_message(
+            raj, lambda m: m.get("proposal") == pid and m.get("type") == "proposal.submitted", 10
+        )
+        assert got is not None, seen  # it was broadcast
+        leaked = [m for m in await drain(after, 1.5) if m.get("proposal") == pid]
+        assert leaked == [], "a socket opened after the grant went still hears the checkpoint"
+        for comm in (before, after, raj):
+            await comm.disconnect()
+
+    run(scenario)
