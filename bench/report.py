@@ -40,6 +40,8 @@ WS_METRICS = {
     "expected_messages": ("expected messages", False),
     "p50_ms": ("p50 ms commit->socket", False),
     "p99_ms": ("p99 ms commit->socket", False),
+    "fanout_p50_ms": ("p50 ms stream->socket", False),
+    "fanout_p99_ms": ("p99 ms stream->socket", False),
 }
 
 

@@ -13,7 +13,9 @@ server. This process only submits and tallies.
 
 Latency is measured from the event's `version` (the outbox row's created_at, stamped inside the
 committing transaction: at most that transaction's length before the commit) to the moment the
-socket read the message; both clocks are this machine's.
+socket read the message (p50/p99), and from its `seq` (the relay's append to the live stream,
+Redis's clock) to that moment (fanout_p50/p99: the web process's part); all clocks are this
+machine's.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def _cpu_seconds() -> float:
 
 async def _listen(spec: dict[str, Any]) -> None:
     sockets: int = spec["count"]
-    received: list[dict[str, float]] = [{} for _ in range(sockets)]
+    # proposal -> (commit -> socket, stream append -> socket), seconds
+    received: list[dict[str, tuple[float, float]]] = [{} for _ in range(sockets)]
     joined: list[bool] = [False] * sockets
     errors: list[str] = []
     attempted = 0
@@ -75,7 +78,8 @@ async def _listen(spec: dict[str, Any]) -> None:
                     proposal = message.get("proposal")
                     if proposal and message.get("type") == "proposal.submitted":
                         version = datetime.fromisoformat(message["version"]).timestamp()
-                        received[number].setdefault(proposal, now - version)
+                        appended = int(message["seq"].partition("-")[0]) / 1000
+                        received[number].setdefault(proposal, (now - version, now - appended))
         except (OSError, websockets.WebSocketException, RuntimeError, TimeoutError) as exc:
             errors.append(repr(exc))
             if not joined[number]:
@@ -210,7 +214,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         proc.wait(30)
     timings["drain_s"] = time.monotonic() - started
 
-    latencies = [value for report in reports for value in report["latencies"]]
+    pairs = [pair for report in reports for pair in report["latencies"]]
+    latencies = [commit for commit, _ in pairs]
+    from_stream = [appended for _, appended in pairs]
     listening = sum(r["listening"] for r in reports)
     expected = len(submitted) * listening
     socket_errors = [sample for report in reports for sample in report["errors"]]
@@ -232,6 +238,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         "p50_ms": None if not latencies else percentile(latencies, 0.5) * 1000,  # type: ignore[operator]
         "p99_ms": None if not latencies else percentile(latencies, 0.99) * 1000,  # type: ignore[operator]
         "max_ms": None if not latencies else max(latencies) * 1000,
+        # From the relay's append to the live stream (the seq's clock): the fan-out alone,
+        # without the submit's commit and the worker's relay before it.
+        "fanout_p50_ms": None if not from_stream else percentile(from_stream, 0.5) * 1000,  # type: ignore[operator]
+        "fanout_p99_ms": None if not from_stream else percentile(from_stream, 0.99) * 1000,  # type: ignore[operator]
         **timings,
         "loadgen_cpu_s": _cpu_seconds() + sum(r["cpu_s"] for r in reports),
         "errors": submit_failures + failed + dropped,
