@@ -9,8 +9,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+
+from proposals.policy import PayloadValidator
 
 MISSING = object()
 
@@ -217,7 +218,7 @@ def schema_errors(schema: dict[str, Any] | None, payload: Any) -> list[str]:
     if not schema:
         return []
     try:
-        validator = Draft202012Validator(schema)
+        validator = PayloadValidator(schema)  # patterns on RE2, as for every payload
     except SchemaError as exc:
         return [f"The schema itself is invalid: {exc.message}"]
     messages = []

@@ -15,9 +15,11 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import jsonpatch
+import re2
 from django.core.exceptions import ValidationError
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, FormatChecker, validators
 from jsonschema.exceptions import SchemaError
+from jsonschema.exceptions import ValidationError as SchemaViolation
 
 CONDITION_OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "exists")
 PRIORITIES = ("critical", "high", "medium", "low")
@@ -502,16 +504,108 @@ def apply_bounded_patch(
 
 MAX_SCHEMA_ERRORS = 50
 
+# Schemas come from agents and managers, so their regular expressions are untrusted input:
+# Python's backtracking `re` takes 2^n steps for ^(a+)+$ against n a's and a "!", a web
+# process pinned for minutes by a 30-character payload. Payload patterns run on RE2, which
+# matches in time linear in the text and refuses what it cannot do so (back-references,
+# look-arounds, repetitions over 1000). The pattern keywords are replaced through jsonschema's
+# public `extend`; its metaschema checks `pattern` and `patternProperties` keys as
+# `format: regex`, so a format checker of RE2's compile refuses, with the path, what the
+# validator could not run.
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a refused pattern is the caller's answer, not a log line
+
+
+def _regex(pattern: str) -> Any:
+    """The pattern compiled by RE2 (re2 keeps the last 128 compiled); raises re2.error."""
+    return re2.compile(pattern, _RE2_OPTIONS)
+
+
+def _re2_problem(exc: Exception) -> str:
+    reason = exc.args[0] if exc.args else exc
+    return reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    if validator.is_type(instance, "string") and not _regex(pattern).search(instance):
+        yield SchemaViolation(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(validator: Any, patterns: Any, instance: Any, schema: Any) -> Any:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            if _regex(pattern).search(key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _additional_properties(validator: Any, additional: Any, instance: Any, schema: Any) -> Any:
+    """jsonschema's own keyword, shown only the keys no `patternProperties` key matches by RE2
+    (given the patterns, it would search every key again with `re`)."""
+    if "patternProperties" in schema and validator.is_type(instance, "object"):
+        patterns = [_regex(pattern) for pattern in schema["patternProperties"]]
+        instance = {k: v for k, v in instance.items() if not any(p.search(k) for p in patterns)}
+        schema = {k: v for k, v in schema.items() if k != "patternProperties"}
+    yield from _ADDITIONAL_PROPERTIES(validator, additional, instance, schema)
+
+
+_ADDITIONAL_PROPERTIES = Draft202012Validator.VALIDATORS["additionalProperties"]
+# Draft 2020-12 with its pattern keywords on RE2: the validator of every payload schema.
+PayloadValidator = validators.extend(
+    Draft202012Validator,
+    {
+        "pattern": _pattern,
+        "patternProperties": _pattern_properties,
+        "additionalProperties": _additional_properties,
+    },
+)
+
+_RE2_FORMATS = FormatChecker(Draft202012Validator.FORMAT_CHECKER.checkers)
+
+
+@_RE2_FORMATS.checks("regex", raises=re2.error)
+def _is_re2_pattern(instance: object) -> bool:
+    return not isinstance(instance, str) or _regex(instance) is not None
+
+
+def _keys(schema: Any) -> set[str]:
+    """Every object key anywhere in the schema (keywords, and names that look like them)."""
+    keys: set[str] = set()
+    stack = [schema]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            keys.update(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return keys
+
 
 def schema_problem(schema: Any) -> str | None:
-    """Why this is not a usable JSON Schema (2020-12), or None."""
+    """Why this is not a usable JSON Schema (2020-12), or None. Its patterns must be ones RE2
+    runs."""
     if not isinstance(schema, dict):
         return "A payload schema must be a JSON object."
     try:
-        Draft202012Validator.check_schema(schema)
+        PayloadValidator.check_schema(schema, format_checker=_RE2_FORMATS)
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.absolute_path)
+        if isinstance(exc.cause, re2.error):
+            return (
+                f"Not a pattern RE2 can run at '/{where}': {_re2_problem(exc.cause)} "
+                "(patterns are matched by RE2, in linear time: no back-references, "
+                "look-arounds, or repetitions over 1000)."
+            )
         return f"Not a valid JSON Schema (2020-12) at '/{where}': {exc.message}"
+    if {"unevaluatedProperties", "patternProperties"} <= _keys(schema):
+        # jsonschema finds the properties left unevaluated by searching every
+        # patternProperties key with Python's backtracking `re`, past the RE2 keywords.
+        return (
+            "A payload schema may not combine unevaluatedProperties with patternProperties "
+            "(use additionalProperties)."
+        )
     return None
 
 
@@ -525,7 +619,7 @@ def payload_errors(payload: Any, schema: dict[str, Any]) -> list[dict[str, str]]
     `message`. Raises referencing's Unresolvable for a `$ref` that cannot be resolved (no
     schema is ever fetched over the network)."""
     errors = sorted(
-        Draft202012Validator(schema).iter_errors(payload),
+        PayloadValidator(schema).iter_errors(payload),
         key=lambda e: (_pointer(e.absolute_path), str(e.validator)),
     )
     return [
