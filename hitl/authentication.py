@@ -2,14 +2,17 @@
 
 A verified key is remembered in this process for a few seconds (HITL_AUTH_CACHE_SECONDS),
 together with its user's grants (`Access`), so an agent's stream of calls costs one dictionary
-lookup instead of a key, user and grants read on every call. An entry is dropped:
+lookup instead of a key, user and grants read on every call. It is a
+`proposals.permissions.RightsCache`, dropped:
 - at once, in this process, by any change to who may do what (a key saved or deleted, a user
   saved, a grant or group membership changed, a checkpoint created or deleted): the receivers
   below fire inside the changing transaction, before anyone could use the old rights again;
 - in every other process, when the rights version (notifications.live, bumped after the commit
   of those same changes) has moved: one small Redis read per request;
 - after HITL_AUTH_CACHE_SECONDS in any case (changes no signal sees: a raw UPDATE).
-When Redis cannot be read, the cache is not trusted and every call authenticates against the
+The `Access` carries the version it was read under, so facts derived from it later in the
+request (a checkpoint's electorate) are remembered under the same rules.
+When Redis cannot be read, nothing is trusted and every call authenticates against the
 database, as before (the rate limit's breaker keeps a frozen Redis from costing a timeout on
 every request).
 """
@@ -18,12 +21,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import threading
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from django.conf import settings
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
@@ -31,79 +31,36 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.request import Request
 
 from hitl.keys import api_key_authenticate, api_key_touch
-from proposals.permissions import Access, access_for
+from proposals.permissions import Access, RightsCache, access_for, forget_rights
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
     from hitl.models import ApiKey
 
-DEFAULT_CACHE_SECONDS = 5.0
-MAX_ENTRIES = 10_000  # a bound on memory, not a working set: past it the cache starts over
 
-
-@dataclass
+@dataclass(frozen=True)
 class _Entry:
     user: User
     api_key: ApiKey
     access: Access
-    rights: str | None
-    expires: float  # time.monotonic()
 
 
-class KeyCache:
-    def __init__(self) -> None:
-        self._entries: dict[str, _Entry] = {}
-        self._generation = 0
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def ttl() -> float:
-        return float(getattr(settings, "HITL_AUTH_CACHE_SECONDS", DEFAULT_CACHE_SECONDS))
-
-    def forget_all(self, **_: Any) -> None:
-        """A signal receiver: every entry may hold rights that just changed."""
-        with self._lock:
-            self._generation += 1
-            self._entries.clear()
-
-    def get(self, token_id: str, rights: str | None) -> _Entry | None:
-        entry = self._entries.get(token_id)
-        if entry is None or entry.rights != rights or entry.expires <= time.monotonic():
-            return None
-        expires_at = entry.api_key.expires_at
-        if expires_at is not None and expires_at <= timezone.now():
-            return None
-        return entry
-
-    def generation(self) -> int:
-        return self._generation
-
-    def put(self, token_id: str, entry: _Entry, generation: int) -> None:
-        with self._lock:
-            # Read before a change that has since dropped the cache: it may hold the old rights.
-            if generation != self._generation:
-                return
-            if len(self._entries) >= MAX_ENTRIES:
-                self._entries.clear()
-            self._entries[token_id] = entry
+key_cache: RightsCache[str, _Entry] = RightsCache()
 
 
-key_cache = KeyCache()
-
-
-def _rights_version() -> tuple[bool, str | None]:
-    """(trusted, version): whether cached entries may be used, and the version they hold."""
+def _rights_version() -> str | None:
+    """The rights version to read cached entries under; None when it cannot be trusted."""
     from hitl.api.throttling import breaker, cache_failed
     from notifications import live
 
     if breaker.open():
-        return False, None
+        return None
     version = live.rights_version()
     if isinstance(version, live.RightsUnknown):
         cache_failed()  # one timeout on a frozen Redis, then none for a while
-        return False, None
-    return True, version
+        return None
+    return version or ""  # "": no change published yet, a version like any other
 
 
 class BearerTokenAuthentication(BaseAuthentication):
@@ -120,9 +77,10 @@ class BearerTokenAuthentication(BaseAuthentication):
         except UnicodeError:
             raise exceptions.AuthenticationFailed("Malformed token.") from None
         token_id = hashlib.sha256(token.encode()).hexdigest()
-        trusted, rights = _rights_version()
-        entry = key_cache.get(token_id, rights) if trusted else None
-        if entry is not None:
+        rights = _rights_version()
+        entry = key_cache.get(token_id, rights)
+        expires_at = entry.api_key.expires_at if entry is not None else None
+        if entry is not None and (expires_at is None or expires_at > timezone.now()):
             api_key_touch(entry.api_key)
             # Copies: a request may set attributes on its user; the cached one stays clean.
             return self._authenticated(
@@ -132,16 +90,9 @@ class BearerTokenAuthentication(BaseAuthentication):
         api_key = api_key_authenticate(token)
         if api_key is None:
             raise exceptions.AuthenticationFailed("Invalid, expired or revoked API key.")
-        access = access_for(api_key.user)
-        if trusted:
-            entry = _Entry(
-                user=copy.copy(api_key.user),
-                api_key=copy.copy(api_key),
-                access=access,
-                rights=rights,
-                expires=time.monotonic() + KeyCache.ttl(),
-            )
-            key_cache.put(token_id, entry, generation)
+        access = access_for(api_key.user, rights_version=rights)
+        entry = _Entry(user=copy.copy(api_key.user), api_key=copy.copy(api_key), access=access)
+        key_cache.put(token_id, entry, rights, generation)
         return self._authenticated(request, api_key.user, api_key, access)
 
     @staticmethod
@@ -172,14 +123,14 @@ def connect_cache_signals() -> None:
     User = get_user_model()
     uid = "hitl-auth-cache"
     for model in (UserObjectPermission, GroupObjectPermission, ApiKey, User, Group, Checkpoint):
-        post_save.connect(key_cache.forget_all, sender=model, dispatch_uid=f"{uid}-s-{model}")
-        post_delete.connect(key_cache.forget_all, sender=model, dispatch_uid=f"{uid}-d-{model}")
+        post_save.connect(forget_rights, sender=model, dispatch_uid=f"{uid}-s-{model}")
+        post_delete.connect(forget_rights, sender=model, dispatch_uid=f"{uid}-d-{model}")
     for through in (
         User.groups.through,  # type: ignore[attr-defined]
         User.user_permissions.through,  # type: ignore[attr-defined]
         Group.permissions.through,
     ):
-        m2m_changed.connect(key_cache.forget_all, sender=through, dispatch_uid=f"{uid}-m-{through}")
+        m2m_changed.connect(forget_rights, sender=through, dispatch_uid=f"{uid}-m-{through}")
 
     def checkpoint_added_or_removed(created: bool = True, **kwargs: Any) -> None:
         # Other processes' entries too: a new checkpoint is "every checkpoint" for some users.

@@ -17,11 +17,14 @@ anyone else: being an administrator does not make one an approver of every `all`
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
@@ -62,6 +65,9 @@ class Access:
 
     user_id: int | None
     by_perm: dict[str, frozenset[int]] = field(default_factory=dict)
+    # The rights version (notifications.live) read before these grants were, when known:
+    # what is derived from grants may be remembered under it (RightsCache). None: unknown.
+    rights_version: str | None = field(default=None, compare=False)
 
     def has(self, codename: str, checkpoint_id: int) -> bool:
         return checkpoint_id in self.by_perm.get(codename, frozenset())
@@ -151,9 +157,9 @@ def _grant_rows(
         yield uid, codename, (int(object_pk) if object_pk is not None else None)
 
 
-def access_for(user: AnyUser | None) -> Access:
+def access_for(user: AnyUser | None, *, rights_version: str | None = None) -> Access:
     """One query for the grants, plus one when a grant (or superuser status) covers every
-    checkpoint."""
+    checkpoint. `rights_version`: the version the caller read before calling, if any."""
     if user is None or not user.is_authenticated or not user.is_active:
         return NO_ACCESS
     found: dict[str, set[int]] = {codename: set() for codename in CODENAMES}
@@ -168,8 +174,86 @@ def access_for(user: AnyUser | None) -> Access:
         for codename in everywhere:
             found[codename] = every_id
     return Access(
-        user_id=user.pk, by_perm={codename: frozenset(ids) for codename, ids in found.items()}
+        user_id=user.pk,
+        by_perm={codename: frozenset(ids) for codename, ids in found.items()},
+        rights_version=rights_version,
     )
+
+
+# --- facts derived from grants, remembered while they hold -----------------------------------
+
+K = TypeVar("K")
+V = TypeVar("V")
+DEFAULT_CACHE_SECONDS = 5.0
+MAX_ENTRIES = 10_000  # a bound on memory, not a working set: past it a cache starts over
+
+
+@dataclass(frozen=True)
+class _Remembered(Generic[V]):
+    value: V
+    rights: str
+    expires: float  # time.monotonic()
+
+
+class RightsCache(Generic[K, V]):
+    """Values derived from who may do what (a key's user and grants, a checkpoint's
+    electorate), remembered in this process under the rights version read before them. An
+    entry is dropped:
+    - at once, in this process, by any change to who may do what (`forget_rights`, connected
+      to those changes' signals by hitl.authentication), before the change commits;
+    - in every other process, when the rights version (bumped after the commit of those
+      same changes) has moved: the caller reads it once per request;
+    - after HITL_AUTH_CACHE_SECONDS in any case (changes no signal sees: a raw UPDATE).
+    Without a known version (None: Redis unreadable, or a caller outside a request) nothing
+    is remembered or served."""
+
+    _all: list[RightsCache[Any, Any]] = []
+
+    def __init__(self) -> None:
+        self._entries: dict[K, _Remembered[V]] = {}
+        self._generation = 0
+        self._lock = threading.Lock()
+        RightsCache._all.append(self)
+
+    @staticmethod
+    def ttl() -> float:
+        return float(getattr(settings, "HITL_AUTH_CACHE_SECONDS", DEFAULT_CACHE_SECONDS))
+
+    def get(self, key: K, rights: str | None) -> V | None:
+        entry = self._entries.get(key)
+        if (
+            rights is None
+            or entry is None
+            or entry.rights != rights
+            or entry.expires <= time.monotonic()
+        ):
+            return None
+        return entry.value
+
+    def generation(self) -> int:
+        """Read before the value is: `put` refuses it if the rights changed in between."""
+        return self._generation
+
+    def put(self, key: K, value: V, rights: str | None, generation: int) -> None:
+        if rights is None:
+            return
+        with self._lock:
+            if generation != self._generation:
+                return  # read before a change that has since dropped the cache
+            if len(self._entries) >= MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[key] = _Remembered(value, rights, time.monotonic() + self.ttl())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._entries.clear()
+
+
+def forget_rights(**_: Any) -> None:
+    """A signal receiver: every remembered fact may rest on rights that just changed."""
+    for cache in RightsCache._all:
+        cache.clear()
 
 
 def visible_proposals_q(access: Access) -> Q:
@@ -229,6 +313,22 @@ def electorate_ids(
         for uid, grants in held.items()
         if may_vote_with(grants, is_submitter=uid == submitter_id, escalated=escalated)
     }
+
+
+_electorate_sizes: RightsCache[tuple[int, int | None], int] = RightsCache()
+
+
+def electorate_size(checkpoint: Checkpoint, *, submitter_id: int | None, access: Access) -> int:
+    """len(electorate_ids(escalated=False)), the `eligible_reviewers` a new proposal records,
+    remembered under the rights version `access` was read with: an agent's stream of submits
+    to one checkpoint counts its electorate once, not once per proposal."""
+    key = (checkpoint.pk, submitter_id)
+    size = _electorate_sizes.get(key, access.rights_version)
+    if size is None:
+        generation = _electorate_sizes.generation()
+        size = len(electorate_ids(checkpoint, submitter_id=submitter_id, escalated=False))
+        _electorate_sizes.put(key, size, access.rights_version, generation)
+    return size
 
 
 def eligible_reviewers(checkpoint: Checkpoint, *, exclude_user_id: int | None) -> Any:

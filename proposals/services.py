@@ -64,6 +64,7 @@ from proposals.permissions import (
     access_for,
     electorate,
     electorate_ids,
+    electorate_size,
     may_cancel,
     may_revise,
     may_revoke,
@@ -296,7 +297,7 @@ def proposal_submit(
     _check_submission(access, checkpoint, data)
     now = timezone.now()
     with transaction.atomic():
-        eligible = len(electorate_ids(checkpoint, submitter_id=submitter.pk, escalated=False))
+        eligible = electorate_size(checkpoint, submitter_id=submitter.pk, access=access)
         proposal = _new_proposal(submitter, checkpoint, data, idempotency_key, eligible, now)
         proposal._history_user = submitter  # type: ignore[attr-defined]
         if idempotency_key is None:

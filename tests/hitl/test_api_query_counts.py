@@ -15,11 +15,10 @@ from django.test.utils import CaptureQueriesContext
 from guardian.shortcuts import remove_perm
 from rest_framework.test import APIClient
 
-from hitl.authentication import key_cache
 from hitl.keys import api_key_create, api_key_revoke
 from hitl.models import ApiKey
 from notifications import live, tasks
-from proposals.permissions import REVIEW
+from proposals.permissions import REVIEW, forget_rights
 from tests.factories import submit
 from tests.notifications.conftest import celery_broker, unique_queue
 
@@ -118,6 +117,30 @@ def test_a_cached_key_expires_after_its_ttl(world, settings):
     assert client.get(LIST).status_code == 401
 
 
+def test_the_electorate_is_counted_once_per_rights_version(world):
+    """A stream of submits to one checkpoint reads its grants once; any change to who may
+    review reaches the very next submit's `eligible_reviewers`."""
+    client = bearer(api_key_create(user=world.submitter, name="q").token)
+    assert post_submit(client, world.checkpoint.slug).json()["eligible_reviewers"] == 2
+    with CaptureQueriesContext(connection) as cached:
+        assert post_submit(client, world.checkpoint.slug).json()["eligible_reviewers"] == 2
+    assert not any("guardian" in q["sql"] for q in cached.captured_queries)
+    world.reviewer2.groups.clear()  # in this process: its signals drop the cache at once
+    assert post_submit(client, world.checkpoint.slug).json()["eligible_reviewers"] == 1
+
+
+def test_a_remembered_electorate_is_dropped_when_another_process_moves_the_rights_version(
+    world,
+):
+    client = bearer(api_key_create(user=world.submitter, name="q").token)
+    assert post_submit(client, world.checkpoint.slug).json()["eligible_reviewers"] == 2
+    # Another process deactivated a reviewer: no signal here, only the version moves.
+    type(world.reviewer2).objects.filter(pk=world.reviewer2.pk).update(is_active=False)
+    assert post_submit(client, world.checkpoint.slug).json()["eligible_reviewers"] == 2
+    cache.set(live.RIGHTS_VERSION_KEY, "moved-elsewhere", timeout=None)
+    assert post_submit(client, world.checkpoint.slug).json()["eligible_reviewers"] == 1
+
+
 def test_relay_kick_builds_no_result_backend_per_thread(settings):
     """The ASGI server runs each request in a new thread; Celery caches its result backend per
     thread, so an AsyncResult per publish rebuilt a backend on every request."""
@@ -141,9 +164,9 @@ def _fresh_key_cache(monkeypatch: pytest.MonkeyPatch) -> Any:
     # A rights version of this test's own: other processes on the shared Redis change rights
     # (and move the real one) at any moment, which would make the budgets flaky.
     monkeypatch.setattr(live, "RIGHTS_VERSION_KEY", f"test-rights-{uuid.uuid4().hex}")
-    key_cache.forget_all()
+    forget_rights()
     yield
-    key_cache.forget_all()
+    forget_rights()
 
 
 # --- bulk ----------------------------------------------------------------------------------

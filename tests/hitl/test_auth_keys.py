@@ -12,10 +12,10 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from audit.models import AuditEvent
-from hitl.authentication import key_cache
 from hitl.keys import api_key_authenticate, api_key_create, api_key_revoke
 from hitl.models import ApiKey
 from proposals.models import Proposal, Vote
+from proposals.permissions import forget_rights
 from tests.factories import submit
 
 pytestmark = pytest.mark.django_db
@@ -224,7 +224,7 @@ def test_use_stamps_last_used_at_at_most_once_a_minute(world):
     ApiKey.objects.filter(pk=issued.api_key.pk).update(
         last_used_at=timezone.now() - timedelta(minutes=5)
     )
-    key_cache.forget_all()  # the raw UPDATE stands for five minutes: the cached key expired
+    forget_rights()  # the raw UPDATE stands for five minutes: the cached key expired
     client.get(LIST)
     assert ApiKey.objects.get(pk=issued.api_key.pk).last_used_at > first
 
