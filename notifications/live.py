@@ -298,13 +298,6 @@ class _LoopLayer(RedisPubSubLoopLayer):
             self.channels.pop(channel, None)  # the consumer is gone (channels' convention)
             raise
 
-    def receive_nowait(self, channel: str) -> dict[str, Any] | None:
-        """The next message already queued for a socket of this process, or None."""
-        queue = self.channels.get(channel)
-        if queue is None or queue.empty():
-            return None
-        return queue.get_nowait()
-
     def arrived(self, message: dict[str, Any]) -> None:
         name = message["channel"]
         self._arrivals.put_nowait(
@@ -373,9 +366,6 @@ class LiveChannelLayer(RedisPubSubChannelLayer):
     """RedisPubSubChannelLayer with a bounded, counted, recoverable backlog per socket and a
     fan-out that does per-event work once per process (see above).
     CONFIG: `hosts` as channels_redis, `backlog` (HITL_LIVE_SOCKET_BACKLOG)."""
-
-    def receive_nowait(self, channel: str) -> dict[str, Any] | None:
-        return self._get_layer().receive_nowait(channel)
 
     async def group_send_many(self, pairs: list[tuple[str, dict[str, Any]]]) -> None:
         """group_send for many (group, message) pairs: each group hears its messages in
