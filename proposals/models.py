@@ -339,6 +339,19 @@ class Proposal(models.Model):
                 condition=Q(claimed_until__isnull=False),
                 name="proposal_claimed_idx",
             ),
+            # The other arms of a list page (selectors.proposal_page): a submitter's open work,
+            # and escalated open work for those who review escalations only, each in queue
+            # order on its own, however little of the open queue it is.
+            models.Index(
+                fields=["submitted_by", "sla_due_at", "id"],
+                condition=Q(status__in=OPEN_STATUSES),
+                name="proposal_open_by_sub_idx",
+            ),
+            models.Index(
+                fields=["checkpoint", "sla_due_at", "id"],
+                condition=Q(status__in=OPEN_STATUSES, escalated_at__isnull=False),
+                name="proposal_open_escalated_idx",
+            ),
             models.Index(fields=["checkpoint", "sla_due_at", "id"], name="proposal_cp_sla_idx"),
             models.Index(fields=["submitted_by", "sla_due_at", "id"], name="proposal_sub_sla_idx"),
         ]

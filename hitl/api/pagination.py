@@ -6,16 +6,15 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from django.db.models import QuerySet
 from rest_framework.request import Request
 
 from proposals.errors import InvalidInput
 from proposals.models import Proposal
-from proposals.selectors import after_cursor
 
 
 def encode_cursor(proposal: Proposal | dict[str, Any]) -> str:
@@ -43,11 +42,15 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 def paginate(
-    request: Request, qs: QuerySet[Any], page_size: int, cursor: str | None
+    request: Request,
+    fetch: Callable[[tuple[datetime, uuid.UUID] | None, int], list[Any]],
+    page_size: int,
+    cursor: str | None,
 ) -> tuple[list[Any], str | None]:
-    if cursor:
-        qs = after_cursor(qs, *decode_cursor(cursor))
-    rows = list(qs[: page_size + 1])  # one extra row says whether a next page exists
+    """`fetch(after, limit)` reads up to `limit` rows after the decoded cursor (None: from the
+    top), e.g. `proposals.selectors.proposal_page`."""
+    # One extra row says whether a next page exists.
+    rows = fetch(decode_cursor(cursor) if cursor else None, page_size + 1)
     page = rows[:page_size]
     next_url = None
     if len(rows) > page_size:

@@ -6,6 +6,7 @@ from functools import cache
 from typing import Any
 
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.fields import Field, SkipField
 from rest_framework.relations import PKOnlyObject
@@ -250,6 +251,27 @@ class VoteOutputSerializer(OutputSerializer):
         ]
 
 
+class PermissionsOutputSerializer(serializers.Serializer[Any]):
+    """What the caller may do with the proposal now: `proposals.permissions.allowed_actions`,
+    the rule the services enforce (who, and when: deadlines, the revocation window)."""
+
+    vote = serializers.BooleanField()
+    revise = serializers.BooleanField()
+    cancel = serializers.BooleanField()
+    revoke = serializers.BooleanField()
+    claim = serializers.BooleanField()
+    manage = serializers.BooleanField()
+
+
+class ProposalListItemSerializer(ProposalOutputSerializer):
+    """A row of `GET /proposals/` (the schema's; hitl.api.rows renders it)."""
+
+    permissions = PermissionsOutputSerializer(read_only=True)
+
+    class Meta(ProposalOutputSerializer.Meta):
+        fields = [*ProposalOutputSerializer.Meta.fields, "permissions"]
+
+
 class ProposalDetailOutputSerializer(ProposalOutputSerializer):
     revisions = RevisionOutputSerializer(many=True, read_only=True)
     votes = VoteOutputSerializer(many=True, read_only=True)
@@ -275,14 +297,14 @@ class ProposalDetailOutputSerializer(ProposalOutputSerializer):
             "veto": proposal.checkpoint.veto,
         }
 
+    @extend_schema_field(PermissionsOutputSerializer)
     def get_permissions(self, proposal: Proposal) -> dict[str, bool]:
         access: Access | None = self.context.get("access")
         if access is None:
             return {}
         # The one rule the services enforce (deadline included), not a copy of it.
         votes = proposal.votes.all()  # prefetched by the selector
-        allowed = allowed_actions(access, proposal, votes=votes, now=timezone.now())
-        return {key: getattr(allowed, key) for key in ("vote", "revise", "cancel", "manage")}
+        return allowed_actions(access, proposal, votes=votes, now=timezone.now()).as_dict()
 
 
 class AuditEventOutputSerializer(OutputSerializer):

@@ -100,7 +100,7 @@ class ProposalListCreateView(BaseView):
     @extend_schema(
         operation_id="v1_proposals_list",
         parameters=[s.ProposalListQuerySerializer],
-        responses=page_of(s.ProposalOutputSerializer(), "ProposalPage", paginated=True),
+        responses=page_of(s.ProposalListItemSerializer(), "ProposalPage", paginated=True),
     )
     def get(self, request: Request) -> Response:
         query = s.ProposalListQuerySerializer(data=_query_data(request, lists={"label"}))
@@ -122,11 +122,16 @@ class ProposalListCreateView(BaseView):
             submitted_by_me=q.get("submitted") == "me",
             external_id=q.get("external_id"),
         )
-        qs = rows.proposal_rows(selectors.proposal_list(self.access, filters))
+
+        def fetch(after: Any, limit: int) -> list[dict[str, Any]]:
+            return selectors.proposal_page(
+                self.access, filters, size=limit, after=after, shape=rows.proposal_rows
+            )
+
         page, next_url = paginate(
-            request, qs, q.get("page_size", settings.HITL_PAGE_SIZE), q.get("cursor")
+            request, fetch, q.get("page_size", settings.HITL_PAGE_SIZE), q.get("cursor")
         )
-        return Response({"results": rows.render(page), "next": next_url})
+        return Response({"results": rows.render(page, self.access), "next": next_url})
 
     @extend_schema(
         request=s.ProposalInputSerializer,

@@ -436,6 +436,8 @@ def test_manager_votes_only_when_also_a_reviewer(world, client_for):
         "vote": False,
         "revise": False,
         "cancel": True,
+        "revoke": False,
+        "claim": False,
         "manage": True,
     }
 
