@@ -2,14 +2,16 @@
 
 Each phase claims a chunk of due rows with `SELECT … FOR UPDATE SKIP LOCKED`, so two sweepers
 (two beats, a beat and `manage.py hitl_sweep`, …) split the work instead of doing it twice, and
-a row a reviewer is voting on right now is simply left for the next run. Every row then goes
-through its service (which re-checks the condition under the lock) and so through the one
-transition function: history, audit event and outbox row included.
+a row a reviewer is voting on right now is simply left for the next run. The chunk is then
+planned by the phase's timer (proposals.services: it re-checks each row's condition under the
+lock and applies the transition rules in memory) and written set-based: one UPDATE of the
+rows, one INSERT of their history rows, one of their outbox rows, and their audit events in
+one INSERT at the end (audit_batch): a handful of statements per chunk, not three per row.
 
 A chunk is one transaction: rows locked up front, then processed; the lock of the audit chain
-the chunk appends to is taken only after every row lock is held (see proposals.services and
-audit.services), so sweeps and voters cannot deadlock, and sweepers whose chunks picked
-different chains do not wait for each other.
+the chunk appends to is taken only after every row lock is held, at the very end (see
+proposals.services and audit.services), so sweeps and voters cannot deadlock, and sweepers
+hold a chain only for the moment its events are inserted and committed.
 """
 
 from __future__ import annotations
@@ -39,11 +41,11 @@ class Phase:
     name: str
     due: Callable[[datetime], Q]
     order_by: str
-    apply: Callable[[Proposal, datetime], bool]
+    plan: services.Plan
 
 
-def _dev_auto_approve(proposal: Proposal, now: datetime) -> bool:
-    return services.proposal_dev_auto_approve(proposal, now, settings.HITL_DEV_AUTO_APPROVE_SECONDS)
+def _dev_auto_approve(proposals: list[Proposal], now: datetime) -> list[services.Change]:
+    return services.dev_auto_approve_changes(proposals, now, settings.HITL_DEV_AUTO_APPROVE_SECONDS)
 
 
 PHASES: tuple[Phase, ...] = (
@@ -52,31 +54,31 @@ PHASES: tuple[Phase, ...] = (
         "timeout",
         lambda now: Q(status__in=OPEN_STATUSES, due_at__lte=now),
         "due_at",
-        services.proposal_expire,
+        services.expire_changes,
     ),
     Phase(
         "escalation",
         lambda now: Q(status__in=OPEN_STATUSES, escalated_at__isnull=True, escalate_at__lte=now),
         "escalate_at",
-        services.proposal_escalate,
+        services.escalate_changes,
     ),
     Phase(
         "reminder",
         lambda now: Q(status__in=OPEN_STATUSES, reminded_at__isnull=True, remind_at__lte=now),
         "remind_at",
-        services.proposal_remind,
+        services.remind_changes,
     ),
     Phase(
         "sla",
         lambda now: Q(status__in=OPEN_STATUSES, sla_breached_at__isnull=True, sla_due_at__lte=now),
         "sla_due_at",
-        services.proposal_flag_sla_breach,
+        services.sla_breach_changes,
     ),
     Phase(
         "claims",
         lambda now: Q(claimed_until__lte=now),
         "claimed_until",
-        services.proposal_release_expired_claim,
+        services.release_expired_claim_changes,
     ),
 )
 
@@ -114,11 +116,11 @@ def run_phase(phase: Phase, *, now: datetime | None = None, chunk_size: int = CH
                 .filter(phase.due(now_))
                 .order_by(phase.order_by)[:chunk_size]
             )
-            acted = 0
             for proposal in rows:
                 proposal._hitl_locked = True  # type: ignore[attr-defined]
-                if phase.apply(proposal, now_):
-                    acted += 1
+            changes = phase.plan(rows, now_)
+            services.write_changes(changes)
+            acted = len(changes)
         done += acted
         if len(rows) < chunk_size or acted == 0:
             break
