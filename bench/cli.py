@@ -806,7 +806,9 @@ class Bench:
         url = self.stack.product_urls[0]
         spec = {
             "ws_url": url.replace("http://", "ws://"),
-            "http_url": url,
+            # The submits go to the last web process, as a load balancer would spread them:
+            # the sockets' process then carries the fan-out, not also the intake.
+            "http_url": self.stack.product_urls[-1],
             "socket_token": self.tokens["reviewer_token"],
             "submit_token": self.tokens["agent_token"],
             "checkpoint": "bench-review",
