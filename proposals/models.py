@@ -354,6 +354,30 @@ class Proposal(models.Model):
             ),
             models.Index(fields=["checkpoint", "sla_due_at", "id"], name="proposal_cp_sla_idx"),
             models.Index(fields=["submitted_by", "sla_due_at", "id"], name="proposal_sub_sla_idx"),
+            # The dashboard (hitl.dashboard): a period's proposals of some checkpoints, read from
+            # the index alone, in checkpoint order. Key columns rather than INCLUDE, which SQLite
+            # lacks (it reads a covering index alone as well).
+            models.Index(
+                fields=[
+                    "checkpoint",
+                    "created_at",
+                    "id",
+                    "status",
+                    "resolution",
+                    "priority",
+                    "confidence",
+                    "decided_at",
+                    "sla_due_at",
+                    "escalated_at",
+                ],
+                name="proposal_dashboard_idx",
+            ),
+            # ...and the few of them with options, where an override may be a choice of option.
+            models.Index(
+                fields=["checkpoint", "created_at"],
+                condition=~Q(options=[]),
+                name="proposal_with_options_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -393,6 +417,12 @@ class Revision(models.Model):
                 fields=["proposal", "number"], name="revision_number_unique_per_proposal"
             ),
         ]
+        indexes = [
+            # The dashboard's modification and override rates: the few edited proposals.
+            models.Index(
+                fields=["proposal"], condition=Q(kind="edited"), name="revision_edited_idx"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.proposal_id} r{self.number}"
@@ -419,6 +449,18 @@ class Vote(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(decision__in=Decision.values), name="vote_decision_valid"
+            ),
+        ]
+        indexes = [
+            # The dashboard: votes cast in a period, per reviewer, read from the index alone...
+            models.Index(
+                fields=["created_at", "proposal", "reviewer", "decision"], name="vote_cast_idx"
+            ),
+            # ...and the few proposals sent back for changes (its override rate).
+            models.Index(
+                fields=["proposal"],
+                condition=Q(decision="request_changes"),
+                name="vote_changes_requested_idx",
             ),
         ]
 

@@ -3,15 +3,23 @@ calibration and the suggested auto_approve_at, and the demo history that feeds t
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.serializers.json import DjangoJSONEncoder
 from django.test import Client
 
 from hitl import dashboard
 from proposals import services
 from proposals.models import Proposal
 from tests.factories import submit
+from tests.processes import BASE_DIR
 
 pytestmark = pytest.mark.django_db
 
@@ -88,14 +96,93 @@ def test_percentiles_and_sla_are_computed_by_the_database(world: Any) -> None:
     assert timing["by_priority"][0]["priority"] == "medium"
 
 
+def overrides_fixture(submitter: Any, checkpoint: Any, reviewer: Any) -> None:
+    """Hand-computed: six proposals decided by reviewers, five approved; overridden: the
+    rejection, the edit, the one sent back for changes and the lesser option (4 of 6);
+    modified: the edit (1 of 5). Shared with dashboard_probe_sqlite.py."""
+
+    def vote(proposal: Proposal, decision: str = "approve", **fields: Any) -> None:
+        services.vote_cast(
+            proposal_id=proposal.pk,
+            reviewer=reviewer,
+            decision=decision,
+            revision=proposal.revision,
+            comment="" if decision == "approve" else "no",
+            **fields,
+        )
+
+    def new(**fields: Any) -> Proposal:
+        return submit(submitter, checkpoint, confidence=0.5, payload={"x": 1}, **fields)
+
+    vote(new())  # accepted as proposed
+    vote(new(), "reject")
+    vote(new(), patch=[{"op": "replace", "path": "/x", "value": 2}])
+    sent_back = new()
+    vote(sent_back, "request_changes")
+    services.proposal_revise(proposal_id=sent_back.pk, actor=submitter, payload={"x": 3})
+    sent_back.refresh_from_db()
+    vote(sent_back)
+    options = [{"key": "a", "confidence": 0.2}, {"key": "b", "confidence": 0.9}]
+    vote(new(options=options), selected_option="b")  # the AI's top option
+    vote(new(options=options), selected_option="a")
+
+
+OVERRIDES_EXPECTED = {"decided_by_reviewers": 6, "override_rate": 0.6667, "modification_rate": 0.2}
+
+
+def test_override_and_modification_rates_match_the_hand_computation(world: Any) -> None:
+    overrides_fixture(world.submitter, world.checkpoint, world.reviewer)
+    data = dashboard.summary([world.checkpoint], dashboard.Window.from_params({"period": "24h"}))
+    assert data["totals"]["decided_by_reviewers"] == OVERRIDES_EXPECTED["decided_by_reviewers"]
+    assert data["rates"]["override_rate"] == OVERRIDES_EXPECTED["override_rate"]
+    assert data["rates"]["modification_rate"] == OVERRIDES_EXPECTED["modification_rate"]
+
+
+def test_the_dashboard_runs_on_sqlite(tmp_path: Any) -> None:
+    """The embedded mode's database: the same figures, percentiles included (SQLite runs
+    percentile_cont as an aggregate registered on the connection)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO_", "HITL_", "PYTEST_"))
+        and k not in ("DATABASE_URL", "SECRET_KEY", "DEBUG")
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings.base",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        DEBUG="true",
+        SECRET_KEY=secrets.token_urlsafe(48),
+        NIHIL_SKIP_BOOTSTRAP="1",
+        PYTHONPATH=str(BASE_DIR),
+    )
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("dashboard_probe_sqlite.py"))],
+        env=env,
+        cwd=BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    data = json.loads(done.stdout.splitlines()[-1])
+    assert data["totals"]["decided_by_reviewers"] == OVERRIDES_EXPECTED["decided_by_reviewers"]
+    assert data["rates"]["override_rate"] == OVERRIDES_EXPECTED["override_rate"]
+    assert data["rates"]["modification_rate"] == OVERRIDES_EXPECTED["modification_rate"]
+    assert data["time_to_decision"]["p50_seconds"] is not None
+    assert data["reviewers"][0]["decisions"] == 7  # one reviewer: six proposals, seven votes
+
+
 def test_page_and_api_show_the_same_numbers(world: Any, client_for: Any) -> None:
     calibration_fixture(world)
+    overrides_fixture(world.submitter, world.checkpoint, world.reviewer)
     api = client_for(world.manager).get("/api/v1/metrics/summary/?period=24h").json()
     browser = Client()
     browser.force_login(world.manager)
     page = browser.get("/dashboard/?period=24h")
-    assert page.context["summary"]["rates"] == api["rates"]
-    assert page.context["summary"]["calibration"] == api["calibration"]
+    shown = json.loads(json.dumps(page.context["summary"], cls=DjangoJSONEncoder))
+    # Everything but the window, which moved on between the two requests.
+    assert {**shown, "window": None} == {**api, "window": None}
+    assert shown["window"]["period"] == api["window"]["period"] == "24h"
     assert "Apply 0.8" in page.content.decode()
 
 
