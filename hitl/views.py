@@ -143,14 +143,40 @@ def _reviewing() -> tuple[str, ...]:
     return (REVIEW, REVIEW_ESCALATED)
 
 
-def queue_queryset(access: Access, query: QueueQuery) -> QuerySet[Proposal]:
-    """The desk's rows, most urgent first.
+# What a queue row shows (templates/hitl/_queue_rows.html), read as `.values()`: a page is
+# one query of plain rows, no model instances.
+QUEUE_ROW_FIELDS = (
+    "id",
+    "revision",
+    "title",
+    "summary",
+    "options",
+    "priority",
+    "confidence",
+    "impact",
+    "created_at",
+    "sla_due_at",
+    "due_at",
+    "quorum_required",
+    "claimed_by_id",
+    "claimed_by__username",
+    "checkpoint__slug",
+    "checkpoint__require_reason_on",
+    "approvals",
+)
+
+
+def queue_page(
+    access: Access, query: QueueQuery, *, size: int, exclude: Any = None
+) -> list[dict[str, Any]]:
+    """The desk's rows, most urgent first: `size` of them after the URL's cursor, as dicts
+    of QUEUE_ROW_FIELDS (plus `exclude`: a proposal id to leave out).
 
     Urgency is one score: the SLA deadline (`sla_due_at`), earliest first, ties by id. The
     deadline is the submission time plus the checkpoint's SLA for the proposal's priority, so
     it already folds in priority and age: a critical item submitted now outranks a low one
     submitted yesterday exactly when its deadline is sooner. Ordering by a stored column keeps
-    the queue on the partial index (proposal_open_queue_idx) with keyset pagination."""
+    every page on the open-queue indexes (selectors.proposal_page), whatever the page."""
     statuses: list[str] = (
         [str(s) for s in OPEN_STATUSES] if query.status == "open" else [query.status]
     )
@@ -162,27 +188,6 @@ def queue_queryset(access: Access, query: QueueQuery) -> QuerySet[Proposal]:
         labels=dict([query.label.split(":", 1)]) if ":" in query.label else None,
         reviewable_by_me=query.scope == "mine",
     )
-    qs = selectors.proposal_list(access, filters)
-    if query.scope == "all":
-        qs = qs.filter(reviewable_proposals_q(access) | Q(checkpoint_id__in=access.ids(MANAGE)))
-    else:
-        # What I already voted on (a quorum above one) waits for others, not for me.
-        qs = qs.exclude(
-            Exists(
-                Vote.objects.filter(
-                    proposal=OuterRef("pk"), revision=OuterRef("revision"), reviewer=access.user_id
-                )
-            )
-        )
-    if query.claimed == "me":
-        qs = qs.filter(claimed_by_id=access.user_id)
-    if query.q:
-        qs = qs.filter(Q(title__icontains=query.q) | Q(summary__icontains=query.q))
-    if query.after:
-        stamp, _, pk = query.after.partition("|")
-        when = parse_datetime(stamp)
-        with suppress(ValueError):  # a mangled cursor starts from the top
-            qs = selectors.after_cursor(qs, when, uuid.UUID(pk)) if when else qs
     approvals = (
         Vote.objects.filter(
             proposal=OuterRef("pk"), revision=OuterRef("revision"), decision=Decision.APPROVE
@@ -192,27 +197,56 @@ def queue_queryset(access: Access, query: QueueQuery) -> QuerySet[Proposal]:
         .annotate(n=Count("id"))
         .values("n")
     )
-    return qs.annotate(
-        approvals=Coalesce(Subquery(approvals, output_field=IntegerField()), Value(0))
-    )
+
+    def shape(qs: QuerySet[Proposal]) -> QuerySet[Any]:
+        if query.scope == "all":
+            qs = qs.filter(reviewable_proposals_q(access) | Q(checkpoint_id__in=access.ids(MANAGE)))
+        else:
+            # What I already voted on (a quorum above one) waits for others, not for me.
+            qs = qs.exclude(
+                Exists(
+                    Vote.objects.filter(
+                        proposal=OuterRef("pk"),
+                        revision=OuterRef("revision"),
+                        reviewer=access.user_id,
+                    )
+                )
+            )
+        if query.claimed == "me":
+            qs = qs.filter(claimed_by_id=access.user_id)
+        if query.q:
+            qs = qs.filter(Q(title__icontains=query.q) | Q(summary__icontains=query.q))
+        if exclude is not None:
+            qs = qs.exclude(pk=exclude)
+        return qs.annotate(
+            approvals=Coalesce(Subquery(approvals, output_field=IntegerField()), Value(0))
+        ).values(*QUEUE_ROW_FIELDS)
+
+    after = None
+    if query.after:
+        stamp, _, pk = query.after.partition("|")
+        when = parse_datetime(stamp)
+        with suppress(ValueError):  # a mangled cursor starts from the top
+            after = (when, uuid.UUID(pk)) if when else None
+    return selectors.proposal_page(access, filters, size=size, after=after, shape=shape)
 
 
 def _queue_context(request: HttpRequest, access: Access) -> dict[str, Any]:
     query = QueueQuery.from_request(request, access)
-    rows = list(queue_queryset(access, query)[: QUEUE_PAGE_SIZE + 1])
+    rows = queue_page(access, query, size=QUEUE_PAGE_SIZE + 1)
     more = len(rows) > QUEUE_PAGE_SIZE
     rows = rows[:QUEUE_PAGE_SIZE]
     next_url = ""
     if more:
         last = rows[-1]
-        cursor = f"{last.sla_due_at.isoformat()}|{last.pk}"
+        cursor = f"{last['sla_due_at'].isoformat()}|{last['id']}"
         next_url = "?" + query.params(after=cursor)
     return {
         "proposals": rows,
         "query": query,
         "next_url": next_url,
         "is_manager": bool(access.ids(MANAGE)),
-        "checkpoints": selectors.checkpoint_list(access),
+        "checkpoints": selectors.checkpoint_list(access).only("slug"),
         "priorities": Priority.values,
         "user_id": access.user_id,
     }
@@ -222,18 +256,21 @@ def _queue_context(request: HttpRequest, access: Access) -> dict[str, Any]:
 @require_GET
 def queue(request: HttpRequest) -> HttpResponse:
     access = access_for(_user(request))
+    request.hitl_access = access  # type: ignore[attr-defined]  # the menu's, see manages_any
     context = _queue_context(request, access)
     template = "hitl/_queue_rows.html" if request.GET.get("partial") else "hitl/queue.html"
     return render(request, template, context)
 
 
-def _next_item(access: Access, after: Proposal) -> Proposal | None:
-    """The desk's next item after a decision: the most urgent one left for this reviewer."""
+def _next_item(access: Access, after: Proposal) -> Any:
+    """The desk's next item after a decision (its id): the most urgent one left for this
+    reviewer, or None."""
     query = QueueQuery(
         scope="mine", status=Status.PENDING, checkpoint="", priority="", region="", label="",
         claimed="", q="", after="",
     )  # fmt: skip
-    return queue_queryset(access, query).exclude(pk=after.pk).first()
+    rows = queue_page(access, query, size=1, exclude=after.pk)
+    return rows[0]["id"] if rows else None
 
 
 # --- the proposal page ---------------------------------------------------------------------
@@ -442,7 +479,7 @@ def decide(request: HttpRequest, proposal_id: str) -> HttpResponse:
     if request.POST.get("advance"):
         following = _next_item(access, proposal)
         if following is not None:
-            return redirect("proposal-page", proposal_id=following.pk)
+            return redirect("proposal-page", proposal_id=following)
         return redirect("queue")
     return redirect("proposal-page", proposal_id=proposal.pk)
 

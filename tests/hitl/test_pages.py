@@ -66,6 +66,39 @@ def test_reviewer_sees_the_queue_with_its_columns(world: Any) -> None:
     assert 'data-deadline="' in body  # live countdowns
 
 
+def test_queue_rows_escape_what_agents_wrote_and_show_claims(world: Any) -> None:
+    """The rows are built in Python (hitl.templatetags.review.queue_rows), not by the template
+    language: everything an agent sent is escaped as the template did, claims name their
+    holder, and the decide dialog's data attributes are all there."""
+    from proposals import services
+
+    world.checkpoint.require_reason_on = ["reject", "request_changes"]
+    world.checkpoint.save()
+    mine = submit(
+        world.submitter,
+        world.checkpoint,
+        title='Fix <script>alert("x")</script> & more',
+        summary="<b>bold</b> " + "long " * 40,
+        options=[{"key": "a", "payload": {"x": 1}}, {"key": "b", "payload": {"x": 2}}],
+    )
+    theirs = submit(world.submitter, world.checkpoint, title="Claimed by raj")
+    services.proposal_claim(proposal_id=mine.pk, actor=world.reviewer)
+    services.proposal_claim(proposal_id=theirs.pk, actor=world.reviewer2)
+    body = browser_for(world.reviewer).get("/queue/").content.decode()
+    assert "<script>alert" not in body and "<b>bold" not in body
+    assert "Fix &lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; more" in body
+    row = body[body.index(f'data-proposal="{mine.pk}"') :]
+    row = row[: row.index("</tr>")]
+    assert "&lt;b&gt;bold&lt;/b&gt; long" in row and "…</div>" in row  # truncated at 90
+    assert 'data-reason-on="reject,request_changes"' in row
+    assert 'data-has-options="1"' in row
+    assert f'value="{mine.pk}@1"' in row
+    assert '<span class="claim mine">rita</span>' in row
+    assert '<span class="claim">raj</span>' in body
+    empty = browser_for(world.other_reviewer).get("/queue/").content.decode()
+    assert "Nothing is waiting for you." in empty
+
+
 def test_queue_filters_and_search_are_in_the_url(world: Any) -> None:
     submit(world.submitter, world.checkpoint, title="Alpha weir", region="North")
     submit(world.submitter, world.checkpoint, title="Beta dam", region="South")
