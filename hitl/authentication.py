@@ -109,8 +109,9 @@ class BearerTokenAuthentication(BaseAuthentication):
 
 
 def connect_cache_signals() -> None:
-    """The changes that drop the cache: the ones that move the rights version
-    (notifications.live), plus checkpoints (a grant on every checkpoint covers new ones)."""
+    """The changes that drop the caches: the ones that move the rights version
+    (notifications.live), plus checkpoints (a grant on every checkpoint covers new ones, and
+    the intake remembers checkpoint rows: hitl.api.views)."""
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group
     from django.db.models.signals import m2m_changed, post_delete, post_save
@@ -132,13 +133,13 @@ def connect_cache_signals() -> None:
     ):
         m2m_changed.connect(forget_rights, sender=through, dispatch_uid=f"{uid}-m-{through}")
 
-    def checkpoint_added_or_removed(created: bool = True, **kwargs: Any) -> None:
-        # Other processes' entries too: a new checkpoint is "every checkpoint" for some users.
-        if created:
-            live.rights_changed()
+    def checkpoint_changed(**kwargs: Any) -> None:
+        # Other processes' entries too: a new checkpoint is "every checkpoint" for some users,
+        # and a changed one (policy, bypass) must not be served from a remembered row.
+        live.rights_changed()
 
-    post_save.connect(checkpoint_added_or_removed, sender=Checkpoint, dispatch_uid=f"{uid}-cp")
-    post_delete.connect(checkpoint_added_or_removed, sender=Checkpoint, dispatch_uid=f"{uid}-cpd")
+    post_save.connect(checkpoint_changed, sender=Checkpoint, dispatch_uid=f"{uid}-cp")
+    post_delete.connect(checkpoint_changed, sender=Checkpoint, dispatch_uid=f"{uid}-cpd")
 
 
 # Connected when the cache comes into being: before this module is imported it holds nothing.

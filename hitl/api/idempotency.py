@@ -82,16 +82,21 @@ def step_key(key: str, index: int) -> str:
     return f"\x1fbulk:{hashlib.sha256(key.encode()).hexdigest()[:40]}:{index}"
 
 
-def _key_and_hash(request: Request, scope: str) -> tuple[str | None, int, str]:
+def _key(request: Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is not None and (not key or len(key) > MAX_KEY_LENGTH or not key.isprintable()):
         raise InvalidInput(
             f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.",
             details={"Idempotency-Key": "invalid"},
         )
+    return key
+
+
+def _owner_and_hash(request: Request, scope: str) -> tuple[int, str]:
+    """Only with a key: without one nothing is stored, so the body is never hashed."""
     owner_id = cast(int, request.user.pk)  # the views require authentication
     request_hash = hashlib.sha256(canonical_json([scope, request.data]).encode()).hexdigest()
-    return key, owner_id, request_hash
+    return owner_id, request_hash
 
 
 def _replay(record: IdempotencyRecord, scope: str, request_hash: str) -> Response | None:
@@ -115,9 +120,10 @@ def run_idempotent_steps(
     """Answer `{"results": [step(0, key0), ...]}` with 200. Each `step(index, item_key)` runs
     and commits on its own; with an Idempotency-Key, `item_key` is `step_key(key, index)` and
     the step must return the item it created under that key before, if any."""
-    key, owner_id, request_hash = _key_and_hash(request, scope)
+    key = _key(request)
     if key is None:
         return Response({"results": [step(index, None) for index in range(count)]})
+    owner_id, request_hash = _owner_and_hash(request, scope)
     with _session_lock(owner_id, key) as acquired:
         if not acquired:
             raise IdempotencyInFlight("A request with this Idempotency-Key is still in flight.")
@@ -178,10 +184,11 @@ def step_key_of(first_key: str, index: int) -> str:
 def run_idempotent(
     request: Request, scope: str, work: Callable[[str | None], tuple[int, dict[str, Any]]]
 ) -> Response:
-    key, owner_id, request_hash = _key_and_hash(request, scope)
+    key = _key(request)
     if key is None:
         code, body = work(None)
         return Response(body, status=code)
+    owner_id, request_hash = _owner_and_hash(request, scope)
     with transaction.atomic():
         if not _try_lock(owner_id, key):
             raise IdempotencyInFlight("A request with this Idempotency-Key is still in flight.")

@@ -3,6 +3,7 @@ service, render."""
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any, cast
 
@@ -24,9 +25,9 @@ from hitl.api.pagination import paginate
 from hitl.api.schema import page_of
 from proposals import selectors, services
 from proposals.bulk import SubmitItem, proposal_submit_many
-from proposals.errors import ApplicationError, InvalidInput
+from proposals.errors import ApplicationError, InvalidInput, NotFound
 from proposals.models import Checkpoint, Proposal, Status
-from proposals.permissions import Access, access_for
+from proposals.permissions import Access, RightsCache, access_for
 
 
 class BaseView(APIView):
@@ -76,13 +77,32 @@ class CheckpointDetailView(BaseView):
 # --- proposals -----------------------------------------------------------------------------
 
 
+# Checkpoints by slug, remembered like the caller's key and grants: every save or deletion of
+# a checkpoint moves the rights version (hitl.authentication), so a changed policy, a started
+# or ended bypass, reaches every process's next submit.
+_checkpoints: RightsCache[str, Checkpoint] = RightsCache()
+
+
+def _submit_checkpoint(access: Access, slug: str) -> Checkpoint:
+    """selectors.checkpoint_get, its visibility rule applied to a remembered row."""
+    checkpoint = _checkpoints.get(slug, access.rights_version)
+    if checkpoint is not None:
+        if checkpoint.pk not in access.visible_checkpoint_ids:
+            raise NotFound(f"Checkpoint {slug!r} not found.")
+        return copy.copy(checkpoint)  # a request's changes stay its own
+    generation = _checkpoints.generation()
+    checkpoint = selectors.checkpoint_get(access, slug)
+    _checkpoints.put(slug, copy.copy(checkpoint), access.rights_version, generation)
+    return checkpoint
+
+
 def _submit_one(view: BaseView, data: Any, idempotency_key: str | None) -> Proposal:
     serializer = s.ProposalInputSerializer(data=data)
     serializer.is_valid(raise_exception=True)
     fields = dict(serializer.validated_data)
     slug = fields.pop("checkpoint")
     try:
-        checkpoint = selectors.checkpoint_get(view.access, slug)
+        checkpoint = _submit_checkpoint(view.access, slug)
     except ApplicationError:
         raise InvalidInput(
             "Unknown checkpoint.", details={"checkpoint": [f"No checkpoint {slug!r}."]}

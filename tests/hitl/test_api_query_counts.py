@@ -27,9 +27,9 @@ pytestmark = pytest.mark.django_db
 LIST = "/api/v1/proposals/"
 
 # Inside a test's transaction: a savepoint and its release around the service's atomic block.
-# checkpoint, grants (electorate), proposal, history, revision, outbox, audit (lock, head,
-# insert) = 9, plus the savepoint pair.
-SUBMIT_MAX_QUERIES = 11
+# Once the key, the checkpoint and its electorate are remembered: proposal, history, revision,
+# history, outbox, audit (lock, head, insert) = 8, plus the savepoint pair.
+SUBMIT_MAX_QUERIES = 10
 # The page, nothing per row, nothing for the caller's key or grants once cached.
 LIST_MAX_QUERIES = 2
 
@@ -139,6 +139,37 @@ def test_a_remembered_electorate_is_dropped_when_another_process_moves_the_right
     assert post_submit(client, world.checkpoint.slug).json()["eligible_reviewers"] == 2
     cache.set(live.RIGHTS_VERSION_KEY, "moved-elsewhere", timeout=None)
     assert post_submit(client, world.checkpoint.slug).json()["eligible_reviewers"] == 1
+
+
+def test_a_remembered_checkpoint_serves_submits_until_it_changes(world):
+    """The intake reads a checkpoint once; a save here reaches the next submit at once, a
+    change elsewhere as soon as the rights version moves."""
+    client = bearer(api_key_create(user=world.submitter, name="q").token)
+    veto = world.checkpoint.veto
+
+    def veto_seen() -> bool:
+        return bool(post_submit(client, world.checkpoint.slug).json()["quorum"]["veto"])
+
+    assert veto_seen() is veto
+    with CaptureQueriesContext(connection) as cached:
+        post_submit(client, world.checkpoint.slug)
+    assert not any("proposals_checkpoint" in q["sql"] for q in cached.captured_queries)
+    world.checkpoint.veto = not veto
+    world.checkpoint.save()
+    assert veto_seen() is not veto
+    type(world.checkpoint).objects.filter(pk=world.checkpoint.pk).update(veto=veto)
+    assert veto_seen() is not veto  # no signal here: still remembered
+    cache.set(live.RIGHTS_VERSION_KEY, "moved-elsewhere", timeout=None)
+    assert veto_seen() is veto
+
+
+def test_a_remembered_checkpoint_is_still_refused_to_those_without_access(world):
+    client = bearer(api_key_create(user=world.submitter, name="q").token)
+    assert post_submit(client, world.checkpoint.slug).status_code == 201
+    outsider = bearer(api_key_create(user=world.outsider, name="q").token)
+    response = post_submit(outsider, world.checkpoint.slug)
+    assert response.status_code == 400
+    assert response.json()["error"]["details"]["checkpoint"]
 
 
 def test_relay_kick_builds_no_result_backend_per_thread(settings):
