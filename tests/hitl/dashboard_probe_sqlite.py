@@ -4,6 +4,7 @@ mode's database (SQLite), over the hand-computed overrides fixture. Prints it as
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import django
 
@@ -14,6 +15,7 @@ from django.core.serializers.json import DjangoJSONEncoder  # noqa: E402
 from guardian.shortcuts import assign_perm  # noqa: E402
 
 from hitl import dashboard  # noqa: E402
+from proposals.models import Checkpoint  # noqa: E402
 from proposals.permissions import REVIEW  # noqa: E402
 from tests.factories import (  # noqa: E402
     CheckpointFactory,
@@ -24,10 +26,10 @@ from tests.factories import (  # noqa: E402
 from tests.hitl.test_dashboard import overrides_fixture  # noqa: E402
 
 call_command("migrate", verbosity=0)
-checkpoint = CheckpointFactory(slug="inspection-schedule")
+checkpoint: Checkpoint = CheckpointFactory(slug="inspection-schedule")  # type: ignore[assignment]
 approvers = GroupFactory(name="approvers")
 assign_perm(REVIEW, approvers, checkpoint)
-reviewer = UserFactory(username="rita")
+reviewer: Any = UserFactory(username="rita")
 reviewer.groups.add(approvers)
 overrides_fixture(make_service_account("agent-sqlite", checkpoint), checkpoint, reviewer)
 data = dashboard.summary([checkpoint], dashboard.Window.from_params({"period": "24h"}))
