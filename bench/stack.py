@@ -8,108 +8,35 @@ its own children go too); the databases are dropped at the end, whatever happene
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
-import psutil
 import psycopg
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
+from bench.processes import (
+    PYTHON,
+    REDIS_READY,
+    ROOT,
+    UVICORN_READY,
+    WORKER_READY,
+    Proc,
+    free_port,
+    inherited_environ,
+    postgres_url,
+    redis_server_args,
+    uvicorn_args,
+    worker_args,
+)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Proc:
-    """A child process in its own session, its output in a log file."""
-
-    name: str
-    args: list[str]
-    env: dict[str, str]
-    log_path: Path
-    cwd: Path = ROOT
-    popen: subprocess.Popen[bytes] = field(init=False)
-    _log: IO[bytes] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self._log = self.log_path.open("wb")
-        self.popen = subprocess.Popen(
-            self.args,
-            cwd=self.cwd,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for(self, pattern: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if re.search(pattern, self.output()):
-                return
-            if self.popen.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise RuntimeError(
-            f"{self.name}: {pattern!r} not seen (exit {self.popen.poll()}):\n"
-            f"{self.output()[-3000:]}"
-        )
-
-    def terminate(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-
-    def stop(self, timeout: float = 15) -> None:
-        try:
-            if self.popen.poll() is None:
-                self.popen.send_signal(signal.SIGTERM)
-                with suppress(subprocess.TimeoutExpired):
-                    self.popen.wait(timeout)
-            with suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            with suppress(subprocess.TimeoutExpired):
-                self.popen.wait(10)
-        finally:
-            self._log.close()
-
-    def cpu_seconds(self) -> float:
-        """CPU of this process and its descendants (user + system)."""
-        try:
-            root = psutil.Process(self.pid)
-            total = 0.0
-            for proc in [root, *root.children(recursive=True)]:
-                with suppress(psutil.NoSuchProcess):
-                    times = proc.cpu_times()
-                    total += times.user + times.system
-            return total
-        except psutil.NoSuchProcess:
-            return 0.0
+__all__ = ["PYTHON", "ROOT", "Proc", "Stack", "free_port", "make_workdir"]
 
 
 @dataclass
@@ -132,8 +59,9 @@ class Postgres:
         )
 
     def dsn(self, dbname: str = "postgres") -> str:
-        auth = self.user + (f":{self.password}" if self.password else "")
-        return f"postgres://{auth}@{self.host}:{self.port}/{dbname}"
+        return postgres_url(
+            user=self.user, password=self.password, host=self.host, port=self.port, name=dbname
+        )
 
     def create(self, name: str) -> str:
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
@@ -177,12 +105,7 @@ class Stack:
     def product_env(self, **extra: str) -> dict[str, str]:
         """config.settings.production, as deployed: DEBUG off, HTTPS expected from the load
         balancer (clients send X-Forwarded-Proto: https, so nothing is weakened)."""
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("DJANGO_", "HITL_", "CELERY_", "PYTEST_", "DB_"))
-            and key not in ("DATABASE_URL", "REDIS_URL", "DEBUG", "SECRET_KEY")
-        }
+        env = inherited_environ()
         env.update(
             NIHIL_SKIP_BOOTSTRAP="1",
             DJANGO_SETTINGS_MODULE="config.settings.production",
@@ -251,15 +174,11 @@ class Stack:
             ):
                 port = free_port()
                 side = "baseline" if app.startswith("bench") else "product"
-                procs.append(self.spawn(f"{side}-web-{number}", self._uvicorn(app, port), env))
+                procs.append(self.spawn(f"{side}-web-{number}", uvicorn_args(port, app), env))
                 urls.append(f"http://127.0.0.1:{port}")
         self.worker = self.spawn(
             "worker",
-            [
-                *(PYTHON, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO"),
-                *("--concurrency", "2", "--without-mingle", "--without-gossip"),
-                *("-n", f"bench-{tag}@%h"),
-            ],
+            worker_args(f"bench-{tag}@%h", "--concurrency", "2"),
             self.product_env(CELERY_TASK_LOG_LEVEL="WARNING"),
         )
         code = migrate.popen.wait(600)
@@ -269,8 +188,8 @@ class Stack:
         if after_migrate is not None:
             after_migrate()
         for proc in [*self.baseline_web, *self.product_web]:
-            proc.wait_for(r"Uvicorn running on", timeout=120)
-        self.worker.wait_for(r"ready\.", timeout=120)
+            proc.wait_for(UVICORN_READY, timeout=120)
+        self.worker.wait_for(WORKER_READY, timeout=120)
         for url in [*self.product_urls, *self.baseline_urls]:
             _wait_http(url + "/healthz-does-not-matter")
         log("web processes and worker ready")
@@ -308,35 +227,15 @@ class Stack:
         return time.monotonic() - started
 
     def _start_redis(self) -> None:
-        executable = shutil.which("redis-server")
-        if executable is None:
-            raise RuntimeError("redis-server is not on PATH (Debian: apt-get install redis-server)")
         port = free_port()
         redis_dir = self.workdir / "redis"
         redis_dir.mkdir(exist_ok=True)
-        proc = self.spawn(
-            "redis",
-            [
-                *(executable, "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
-                *("--appendonly", "no", "--dir", str(redis_dir)),
-            ],
-            dict(os.environ),
-        )
-        proc.wait_for(r"Ready to accept connections", timeout=30)
+        proc = self.spawn("redis", redis_server_args(port, redis_dir), dict(os.environ))
+        proc.wait_for(REDIS_READY, timeout=30)
         self.redis_url = f"redis://127.0.0.1:{port}/0"
 
-    def _uvicorn(self, app: str, port: int) -> list[str]:
-        # One process per port, as behind a load balancer; --lifespan off as `up` does (Django's
-        # ASGI app has no lifespan protocol); no access log (it costs CPU production turns off).
-        return [
-            *(PYTHON, "-m", "uvicorn", f"{app}:application", "--host", "127.0.0.1"),
-            *("--port", str(port), "--lifespan", "off", "--no-access-log"),
-            # As `up` and deploy/: no per-socket compression of the live fan-out.
-            *("--ws-per-message-deflate", "false"),
-        ]
-
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
-        proc = Proc(name, args, env, self.workdir / f"{name}.log", cwd=self.src)
+        proc = Proc(args, env, self.workdir / f"{name}.log", name=name, cwd=self.src)
         self.procs.append(proc)
         return proc
 
