@@ -8,13 +8,12 @@ chunk, one transaction per chunk:
 - proposals in their final state, revision 1, votes;
 - django-simple-history rows ("+" at submission, "~" at the decision) for each of them;
 - outbox rows, already dispatched (nothing is sent for demo data);
-- audit events, appended to the hash chain: the first event of a chunk through
-  audit.services.audit_record (which takes the chain lock and finds the head), the rest of
-  the chunk continues that same chain with audit.services.event_hash, positions and global
-  order numbers taken while the lock is held. So `audit_verify` stays clean, and other
-  writers wait for the chain only for one chunk. Audit events carry the real time they were
-  written (the trail never lies about when something was written); domain rows carry the
-  generated past time of the decision, as demo_history's backdating does.
+- audit events, appended to one hash chain per chunk by audit.services.audit_append_rows
+  (the chain lock, one head read, positions, links and hashes exactly as one by one, one
+  INSERT per few thousand rows). So `audit_verify` stays clean, and other writers wait for
+  that chain only for one chunk. Audit events carry the real time they were written (the
+  trail never lies about when something was written); domain rows carry the generated past
+  time of the decision, as demo_history's backdating does.
 
 The routing decision comes from proposals.policy.route and the quorum from the checkpoint, so
 the generated data is what the services would have decided. Deterministic (seeded) and
@@ -38,9 +37,7 @@ from django.db import connection, connections, models, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from audit import services as audit_services
-from audit.models import AuditEvent
-from audit.services import audit_record, event_hash, jsonable
+from audit.services import audit_append_rows, jsonable
 from notifications.models import OutboxEvent
 from proposals import policy
 from proposals.models import Checkpoint, Proposal, Resolution, Revision, RevisionKind, Status, Vote
@@ -568,74 +565,27 @@ def _write(chunk: _Chunk) -> None:
 
 
 def _append_audit(chunk: _Chunk) -> None:
-    """The chunk's events onto one audit chain, under its lock (see the module docstring)."""
-    events = iter(chunk.events)
-    first_event = next(events, None)
-    if first_event is None:
-        return
-    verb, actor, row, revision, data, reason = first_event
-    proposal = Proposal(id=row["id"], checkpoint_id=row["checkpoint_id"])
-    head = audit_record(
-        verb=verb,
-        actor=actor,
-        proposal=proposal,
-        checkpoint=Checkpoint(pk=row["checkpoint_id"]),
-        revision=revision,
-        data=_resolved(data),
-        reason=reason,
-    )
-    rest = chunk.events[1:]
-    seqs = _global_seqs(head.seq, len(rest))
-    prev_hash = head.hash
-    # Several chains (audit.services, HITL_AUDIT_CHAINS) or the one chain of older releases,
-    # where the position is the seq itself.
-    chained = hasattr(head, "chain_seq")
-    chain = getattr(head, "chain", 0)
-    position = head.chain_seq if chained else head.seq
-    rows: list[dict[str, Any]] = []
-    for seq, (verb, actor, row, revision, data, reason) in zip(seqs, rest, strict=True):
-        position += 1
-        actor_id = actor.pk if actor is not None else None
-        fields = {
-            "seq": seq,
-            "created_at": timezone.now(),
-            "actor_id": actor_id,
-            "actor_label": actor.get_username() if actor is not None else "system",
-            "verb": verb,
-            "proposal_id": row["id"],
-            "checkpoint_id": row["checkpoint_id"],
-            "revision": revision,
-            "data": jsonable(_resolved(data)),
-            "reason": reason,
-        }
-        where = {"chain": chain, "chain_seq": position} if chained else {}
-        digest = event_hash(
-            prev_hash=prev_hash, hash_version=audit_services.HASH_VERSION, **where, **fields
-        )
-        rows.append(
+    """The chunk's events onto one audit chain, through the one set-based append the audit
+    app offers (audit_append_rows: chain lock, positions, links and hashes as one by one)."""
+    now = timezone.now()
+    audit_append_rows(
+        [
             {
-                **fields,
-                **where,
-                "prev_hash": prev_hash,
-                "hash": digest,
-                "hash_version": audit_services.HASH_VERSION,
+                "created_at": now,
+                "actor_id": actor.pk if actor is not None else None,
+                "actor_label": actor.get_username() if actor is not None else "system",
+                "verb": verb,
+                "proposal_id": row["id"],
+                "checkpoint_id": row["checkpoint_id"],
+                "revision": revision,
+                "data": jsonable(_resolved(data)),
+                "reason": reason,
             }
-        )
-        prev_hash = digest
-    _copy(AuditEvent, rows)
+            for verb, actor, row, revision, data, reason in chunk.events
+        ]
+    )
 
 
 def _resolved(data: dict[str, Any]) -> dict[str, Any]:
     vote = data.get("vote_id")
     return {**data, "vote_id": vote["id"]} if isinstance(vote, dict) else data
-
-
-def _global_seqs(after: int, n: int) -> list[int]:
-    """Append-order numbers for `n` more events: from the audit sequence on PostgreSQL (other
-    chains' writers take numbers meanwhile), consecutive on SQLite (writers serialized)."""
-    sequence = getattr(audit_services, "GLOBAL_SEQUENCE", None)
-    if n and connection.vendor == "postgresql" and sequence:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT nextval(%s) FROM generate_series(1, %s)", [sequence, n])
-            return [int(r[0]) for r in cursor.fetchall()]
-    return list(range(after + 1, after + 1 + n))
