@@ -243,15 +243,7 @@ def write_changes(changes: list[Change]) -> None:
     proposals = [change.proposal for change in changes]
     fields = dict.fromkeys(name for change in changes for name in change.fields)
     _update_rows(proposals, list(fields))
-    for change in changes:
-        change.proposal._history_user = change.actor  # type: ignore[attr-defined]
-    Proposal.history.bulk_history_create(  # type: ignore[attr-defined]
-        # as save() would: an update ("~"), at the time of writing, no change reason (NULL)
-        proposals,
-        update=True,
-        default_date=timezone.now(),
-        default_change_reason=None,
-    )
+    _copy_to_history(changes, timezone.now())
     outbox_emit_many([(change.verb, change.proposal, change.announce) for change in changes])
     for change in changes:
         audit_record(
@@ -309,6 +301,41 @@ def _update_rows(proposals: list[Proposal], names: list[str]) -> None:
             f" UPDATE {table} SET {assignments} FROM v WHERE {table}.{pk} = v.{pk}",
             params,
         )
+
+
+def _copy_to_history(changes: list[Change], when: Any) -> None:
+    """The history rows save() writes for these changes (django-simple-history: every tracked
+    field as the row now is, an update "~", no change reason, the change's actor), copied by
+    the database from the rows just updated: one INSERT … SELECT per actor (a sweep has one),
+    no model instance per row."""
+    history = Proposal.history.model  # type: ignore[attr-defined]
+    meta = history._meta
+    quote = connection.ops.quote_name
+    copied = ", ".join(quote(field.column) for field in history.tracked_fields)
+    extra = [meta.get_field(name) for name in ("history_date", "history_type", "history_user")]
+    if connection.vendor == "postgresql":
+        slots = ", ".join(f"CAST(%s AS {field.db_type(connection)})" for field in extra)
+    else:
+        slots = ", ".join("%s" for _ in extra)
+    targets = ", ".join(quote(field.column) for field in extra)
+    pk = next(field for field in Proposal._meta.concrete_fields if field.primary_key)
+    by_actor: dict[int | None, list[Any]] = {}
+    for change in changes:
+        actor_id = change.actor.pk if change.actor is not None else None
+        by_actor.setdefault(actor_id, []).append(change.proposal.pk)
+    for actor_id, ids in by_actor.items():
+        sql = (
+            f"INSERT INTO {quote(meta.db_table)} ({copied}, {targets}, history_change_reason)"  # noqa: S608 (names from the models)
+            f" SELECT {copied}, {slots}, NULL FROM {quote(Proposal._meta.db_table)}"
+            f" WHERE {quote(pk.column)} IN ({', '.join('%s' for _ in ids)})"
+        )
+        params = [
+            field.get_db_prep_save(value, connection)
+            for field, value in zip(extra, (when, "~", actor_id), strict=True)
+        ]
+        params += [pk.get_db_prep_save(proposal_id, connection) for proposal_id in ids]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
 
 
 # --- submit --------------------------------------------------------------------------------
