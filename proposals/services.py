@@ -97,7 +97,8 @@ def lock_proposal(proposal_id: Any) -> Proposal:
     try:
         proposal = (
             Proposal.objects.select_for_update(no_key=True, of=("self",))
-            .select_related("checkpoint")
+            # The users too: the API answers from this instance once the change is written.
+            .select_related("checkpoint", "submitted_by", "claimed_by")
             .get(pk=proposal_id)
         )
     except (Proposal.DoesNotExist, ValueError, TypeError, DjangoValidationError):
@@ -849,17 +850,19 @@ def _check_not_voted(proposal: Proposal, reviewer: User) -> None:
 
 
 def _record_vote(proposal: Proposal, reviewer: User, request: _VoteRequest, now: Any) -> Vote:
+    # No savepoint: under the proposal's row lock a twin vote waits for this one's commit and
+    # then meets it in _check_not_voted. Should the constraint ever fire anyway, the error
+    # leaves the transaction unusable and AlreadyVoted rolls all of it back.
     try:
-        with transaction.atomic():
-            vote = Vote.objects.create(
-                proposal=proposal,
-                revision=proposal.revision,
-                reviewer=reviewer,
-                decision=request.decision,
-                comment=request.comment,
-                selected_option=request.selected_option,
-                created_at=now,
-            )
+        vote = Vote.objects.create(
+            proposal=proposal,
+            revision=proposal.revision,
+            reviewer=reviewer,
+            decision=request.decision,
+            comment=request.comment,
+            selected_option=request.selected_option,
+            created_at=now,
+        )
     except IntegrityError:  # the constraint is the backstop for _check_not_voted
         raise AlreadyVoted("You have already voted on this revision.") from None
     _record(

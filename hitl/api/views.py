@@ -26,7 +26,7 @@ from hitl.api.schema import page_of
 from proposals import selectors, services
 from proposals.bulk import SubmitItem, proposal_submit_many
 from proposals.errors import ApplicationError, InvalidInput, NotFound
-from proposals.models import Checkpoint, Proposal, Status
+from proposals.models import Checkpoint, Proposal, Revision, Status, Vote
 from proposals.permissions import Access, RightsCache, access_for
 
 
@@ -355,18 +355,39 @@ class ProposalWaitView(BaseView):
 class VoteCreateView(BaseView):
     @extend_schema(request=s.VoteInputSerializer, responses={201: s.ProposalDetailOutputSerializer})
     def post(self, request: Request, proposal_id: str) -> Response:
-        selectors.proposal_get(self.access, proposal_id)  # 404 before 400 for the unseen
         body = s.VoteInputSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        if not body.is_valid():
+            selectors.proposal_get(self.access, proposal_id)  # 404 before 400 for the unseen
+            raise ValidationError(body.errors)
+        # vote_cast answers 404 to whoever may not see the proposal, like proposal_get.
         proposal, vote = services.vote_cast(
             proposal_id=proposal_id,
             reviewer=self.user,
             access=self.access,
             **body.validated_data,
         )
-        data = self.detail_data(proposal)
+        # Rendered from the proposal as the vote left it (locked, written, with its users),
+        # its children read once after the commit, as a fresh read would.
+        _with_children(proposal)
+        data = dict(
+            s.ProposalDetailOutputSerializer(proposal, context={"access": self.access}).data
+        )
         data["vote"] = s.VoteOutputSerializer(vote).data
         return Response(data, status=status.HTTP_201_CREATED)
+
+
+def _with_children(proposal: Proposal) -> None:
+    """What selectors.proposal_get(with_children=True) prefetches, for a proposal in hand."""
+    revisions = list(
+        Revision.objects.filter(proposal=proposal).select_related("author").order_by("number")
+    )
+    votes = list(Vote.objects.filter(proposal=proposal).select_related("reviewer"))
+    cache = proposal.__dict__.setdefault("_prefetched_objects_cache", {})
+    for name, rows_in_hand in (("revisions", revisions), ("votes", votes)):
+        queryset = getattr(proposal, name).all()
+        queryset._result_cache = rows_in_hand
+        queryset._prefetch_done = True
+        cache[name] = queryset
 
 
 class RevisionCreateView(BaseView):

@@ -67,6 +67,20 @@ def test_submit_answer_is_what_a_fresh_read_returns(world):
     assert body["votes"] == []
 
 
+def test_vote_answer_is_what_a_fresh_read_returns(world):
+    """The vote's answer is rendered from the proposal the vote locked and wrote (children
+    read once after the commit): it must say exactly what a GET says."""
+    proposal = submit(world.submitter, world.checkpoint)
+    client = bearer(api_key_create(user=world.reviewer, name="q").token)
+    path = f"{LIST}{proposal.pk}/"
+    voted = client.post(f"{path}votes/", {"decision": "approve", "revision": 1}, format="json")
+    assert voted.status_code == 201, voted.json()
+    body = voted.json()
+    vote = body.pop("vote")
+    assert body == client.get(path).json()
+    assert [v["id"] for v in body["votes"]] == [vote["id"]]
+
+
 def test_list_page_stays_within_its_statement_budget(world, django_assert_max_num_queries):
     for i in range(30):
         submit(world.submitter, world.checkpoint, title=f"p{i}")
