@@ -22,9 +22,11 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
+from audit.services import audit_batch
 from proposals import services
 from proposals.errors import ApplicationError
 from proposals.models import Checkpoint, Proposal, Revision, Status, Vote
+from proposals.permissions import Access, access_for
 
 # Not under seed_demo's "demo-" prefix: its counts and checks are about the example proposals.
 PREFIX = "history-"
@@ -78,15 +80,32 @@ def generate(*, agent: Any, days: int | None = None, seed: int = 7) -> int:
     }
     now = timezone.now()
     created = 0
-    for plan in PLANS:
-        checkpoint = checkpoints.get(plan.checkpoint)
-        reviewers = _users(plan.reviewers)
-        if checkpoint is None or len(reviewers) < plan.votes_needed:
-            continue
-        for day in range(days, 0, -1):
-            for n in range(plan.per_day + rng.randint(-2, 2)):
-                created += _one(plan, checkpoint, reviewers, agent, rng, now, day, n)
+    rights = _Rights()
+    # One transaction (seed_demo's) and its audit events appended together at the end, and each
+    # user's rights read once: the services still decide every step; what they no longer do is
+    # re-read the same grants and the chain's head a few hundred times over.
+    with transaction.atomic(), audit_batch():
+        for plan in PLANS:
+            checkpoint = checkpoints.get(plan.checkpoint)
+            reviewers = _users(plan.reviewers)
+            if checkpoint is None or len(reviewers) < plan.votes_needed:
+                continue
+            for day in range(days, 0, -1):
+                for n in range(plan.per_day + rng.randint(-2, 2)):
+                    created += _one(plan, checkpoint, reviewers, agent, rng, now, day, n, rights)
     return created
+
+
+class _Rights:
+    """access_for(user), read once per user: nothing changes the grants while history is made."""
+
+    def __init__(self) -> None:
+        self._known: dict[Any, Access] = {}
+
+    def __call__(self, user: Any) -> Access:
+        if user.pk not in self._known:
+            self._known[user.pk] = access_for(user)
+        return self._known[user.pk]
 
 
 def _one(
@@ -98,6 +117,7 @@ def _one(
     now: Any,
     day: int,
     n: int,
+    rights: _Rights,
 ) -> int:
     confidence = round(min(1.0, max(0.05, rng.betavariate(5, 2))), 2)
     priority = rng.choices(("critical", "high", "medium", "low"), (1, 3, 8, 3))[0]
@@ -113,6 +133,7 @@ def _one(
             external_id=f"{PREFIX}{plan.checkpoint}-{day}-{n}",
             context={"explanation": "Generated demo history."},
         ),
+        access=rights(agent),
     )
     created_at = now - timedelta(days=day, minutes=rng.randint(0, 1300))
     if proposal.status != Status.PENDING:  # decided by policy at submission
@@ -130,7 +151,7 @@ def _one(
                 locked = services.lock_proposal(proposal.pk)
                 services.proposal_expire(locked, (locked.due_at or now) + timedelta(seconds=1))
         else:
-            _review(plan, proposal, reviewers, rng, confidence)
+            _review(plan, proposal, reviewers, rng, confidence, rights)
     except ApplicationError:
         pass  # a rule of the checkpoint refused it: the proposal stays as the services left it
     _backdate(proposal, created_at, decided_at, escalated=rng.random() < 0.05)
@@ -138,7 +159,12 @@ def _one(
 
 
 def _review(
-    plan: Plan, proposal: Proposal, reviewers: list[Any], rng: random.Random, confidence: float
+    plan: Plan,
+    proposal: Proposal,
+    reviewers: list[Any],
+    rng: random.Random,
+    confidence: float,
+    rights: _Rights,
 ) -> None:
     approve = rng.random() < _approval_chance(confidence)
     voters = rng.sample(reviewers, plan.votes_needed)
@@ -151,6 +177,7 @@ def _review(
                 decision="reject",
                 revision=revision,
                 comment=rng.choice(("Not justified by the data.", "Wrong target.", "Too costly.")),
+                access=rights(reviewer),
             )
             return
         edit = index == 0 and confidence < 0.8 and rng.random() < 0.2 and not proposal.options
@@ -163,6 +190,7 @@ def _review(
             revision=revision,
             comment="Adjusted." if adjustments else "",
             adjustments=adjustments,
+            access=rights(reviewer),
         )
         revision = updated.revision
 
