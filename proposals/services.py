@@ -33,7 +33,6 @@ from notifications.services import outbox_emit, outbox_emit_many
 from proposals import policy
 from proposals.errors import (
     AlreadyVoted,
-    ApplicationError,
     ClaimedByOther,
     Conflict,
     IdempotencyMismatch,
@@ -65,7 +64,6 @@ from proposals.permissions import (
     Access,
     access_for,
     electorate,
-    electorate_ids,
     electorate_size,
     may_cancel,
     may_revise,
@@ -471,77 +469,6 @@ def proposal_submit(
     # without reading the proposal back (hitl.api.views).
     _as_prefetched(proposal, revisions=[revision], votes=[])
     return proposal
-
-
-@dataclass(frozen=True)
-class SubmitItem:
-    checkpoint: Checkpoint
-    data: ProposalInput
-    idempotency_key: str | None = None
-
-
-def proposal_submit_many(
-    *, submitter: User, items: list[SubmitItem], access: Access | None = None
-) -> list[Proposal | ApplicationError]:
-    """`proposal_submit` for each item, set-based: one transaction, one INSERT each for the
-    proposals, their revisions, both history tables and the outbox rows, one audit event per
-    proposal (audit_record, all in the one chain the transaction holds). An item that fails its
-    checks is answered by its error and written by nobody; the others are written together.
-    Routing is the single submit's (`_route`); the few a policy decides then go through
-    `transition` one by one, exactly as alone. A database error (a reused idempotency key)
-    undoes the whole call: the caller retries item by item."""
-    access = access or access_for(submitter)
-    now = timezone.now()
-    results: list[Proposal | ApplicationError] = []
-    electorates: dict[int, int] = {}
-    written: list[tuple[Proposal, Revision, policy.Route, ProposalInput]] = []
-    for item in items:
-        try:
-            _check_submission(access, item.checkpoint, item.data)
-        except ApplicationError as exc:
-            results.append(exc)
-            continue
-        checkpoint = item.checkpoint
-        if checkpoint.pk not in electorates:
-            electorates[checkpoint.pk] = len(
-                electorate_ids(checkpoint, submitter_id=submitter.pk, escalated=False)
-            )
-        proposal = _new_proposal(
-            submitter, checkpoint, item.data, item.idempotency_key, electorates[checkpoint.pk], now
-        )
-        revision = _first_revision(proposal, item.data, submitter, now)
-        written.append(
-            (proposal, revision, _route(proposal, checkpoint, item.data, now), item.data)
-        )
-        results.append(proposal)
-    if not written:
-        return results
-    proposals = [w[0] for w in written]
-    revisions = [w[1] for w in written]
-    with transaction.atomic():
-        Proposal.objects.bulk_create(proposals)
-        history = Proposal.history  # type: ignore[attr-defined]
-        history.bulk_history_create(proposals, default_user=submitter, default_date=now)
-        Revision.objects.bulk_create(revisions)
-        Revision.history.bulk_history_create(  # type: ignore[attr-defined]
-            revisions, default_user=submitter, default_date=now
-        )
-        submitted = [(p, _submitted_data(d, data)) for p, _r, d, data in written]
-        outbox_emit_many([("proposal.submitted", p, event) for p, event in submitted])
-        for proposal, event in submitted:
-            audit_record(
-                verb="proposal.submitted",
-                actor=submitter,
-                proposal=proposal,
-                revision=proposal.revision,
-                data=event,
-            )
-        for proposal, _revision, decision, data in written:
-            proposal._hitl_locked = True  # type: ignore[attr-defined]
-            _apply_route(proposal, decision, data)
-    for proposal, revision, _decision, _data in written:
-        _as_prefetched(proposal, revisions=[revision], votes=[])
-    return results
 
 
 def _check_submission(access: Access, checkpoint: Checkpoint, data: ProposalInput) -> None:
