@@ -30,7 +30,7 @@ def client_options(timeouts: Timeouts) -> dict[str, Any]:
 def cache_config(url: str, timeouts: Timeouts) -> dict[str, Any]:
     """Django's Redis cache (rate-limit counters, heartbeats)."""
     return {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "hitl.cache.SharedPoolRedisCache",  # one pool per process
         "LOCATION": url,
         "KEY_PREFIX": "nihil",
         "OPTIONS": client_options(timeouts),
