@@ -93,7 +93,13 @@ def test_percentiles_and_sla_are_computed_by_the_database(world: Any) -> None:
     assert timing["p50_seconds"] == 1800.0  # 30 min
     assert timing["p90_seconds"] == 2760.0  # 40 + 0.6 * 10 min, percentile_cont
     assert data["rates"]["sla_compliance"] == 0.6
-    assert timing["by_priority"][0]["priority"] == "medium"
+    # The one checkpoint and the one priority: the same figures as the whole window.
+    (per_checkpoint,) = timing["by_checkpoint"]
+    (per_priority,) = timing["by_priority"]
+    assert per_priority["priority"] == "medium"
+    for group in (per_checkpoint, per_priority):
+        assert (group["p50_seconds"], group["p90_seconds"]) == (1800.0, 2760.0)
+        assert (group["decided"], group["sla_met"], group["sla_decided"]) == (5, 3, 5)
 
 
 def overrides_fixture(submitter: Any, checkpoint: Any, reviewer: Any) -> None:
@@ -168,7 +174,12 @@ def test_the_dashboard_runs_on_sqlite(tmp_path: Any) -> None:
     assert data["totals"]["decided_by_reviewers"] == OVERRIDES_EXPECTED["decided_by_reviewers"]
     assert data["rates"]["override_rate"] == OVERRIDES_EXPECTED["override_rate"]
     assert data["rates"]["modification_rate"] == OVERRIDES_EXPECTED["modification_rate"]
-    assert data["time_to_decision"]["p50_seconds"] is not None
+    timing = data["time_to_decision"]
+    assert timing["p50_seconds"] is not None
+    # Grouped per checkpoint and per priority by a query each there (GROUPING SETS here).
+    assert [row["decided"] for row in timing["by_checkpoint"]] == [6]
+    assert [(row["priority"], row["decided"]) for row in timing["by_priority"]] == [("medium", 6)]
+    assert timing["by_priority"][0]["p50_seconds"] == timing["p50_seconds"]
     assert data["reviewers"][0]["decisions"] == 7  # one reviewer: six proposals, seven votes
 
 
