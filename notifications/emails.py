@@ -186,6 +186,18 @@ def send_sla_breach(proposal: Proposal, managers: list[Any]) -> None:
         )
 
 
+def decision_recipient(proposal: Proposal) -> Any | None:
+    """Who is told of a decision or a request for changes: the submitter, when a person with
+    an address. A service account learns the outcome from webhooks and the API. Needs
+    `submitted_by__service_account` loaded, or it costs a query. The relay asks before it
+    queues a mail and the mail task again when it sends, so an event nobody is mailed about
+    costs no task at all."""
+    submitter = proposal.submitted_by
+    if hasattr(submitter, "service_account") or not submitter.email:
+        return None
+    return submitter
+
+
 def send_decision(proposal: Proposal, submitter: Any) -> None:
     _send(
         submitter,

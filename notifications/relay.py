@@ -24,10 +24,14 @@ logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 200
 NEW_WORK_TOPICS = ("proposal.submitted", "proposal.revised")
-INSTANT_EMAIL_TOPICS = (
+# Mailed at once. Reviewers, holders and managers are resolved by the mail task when it
+# sends (rights and votes as they are then); a decision goes to its submitter, if a person.
+RECIPIENTS_AT_SEND_TOPICS = (
     "proposal.reminder",
     "proposal.escalated",
     "proposal.sla_breached",
+)
+DECISION_EMAIL_TOPICS = (
     "proposal.approved",
     "proposal.rejected",
     "proposal.changes_requested",
@@ -60,21 +64,25 @@ def _live_messages(event: OutboxEvent) -> list[tuple[str, live.LiveMessage]]:
 
 
 def relay_batch(limit: int = BATCH_SIZE) -> int:
+    """Claim a batch of events in order and hand it on: deliveries planned and events marked
+    in a few statements for the whole batch, new work queued for digests, and after commit the
+    live messages, one delivery task per planned delivery and one mail task per event that has
+    someone to mail (the submitter of a decision is read with the batch: a service account is
+    mailed nothing, so a sweep of its proposals queues no mail tasks)."""
     endpoints = list(WebhookEndpoint.objects.filter(active=True))
     with transaction.atomic():
         events = list(
             OutboxEvent.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(dispatched_at__isnull=True)
-            .select_related("proposal__checkpoint", "proposal__submitted_by")
+            .select_related("proposal__checkpoint", "proposal__submitted_by__service_account")
             .order_by("created_at")[:limit]
         )
         if not events:
             return 0
-        delivery_ids: list[Any] = []
+        delivery_ids = [d.pk for d in webhooks.plan_deliveries(events, endpoints)]
         email_event_ids: list[Any] = []
         messages: list[tuple[str, live.LiveMessage]] = []
         for event in events:
-            delivery_ids += [d.pk for d in webhooks.plan_deliveries(event, endpoints)]
             messages += _live_messages(event)
             proposal = event.proposal
             if proposal is None:
@@ -86,7 +94,10 @@ def relay_batch(limit: int = BATCH_SIZE) -> int:
                     proposal.checkpoint, exclude_user_id=proposal.submitted_by_id
                 )
                 emails.queue_new_work(proposal, list(reviewers))
-            elif event.topic in INSTANT_EMAIL_TOPICS:
+            elif event.topic in RECIPIENTS_AT_SEND_TOPICS or (
+                event.topic in DECISION_EMAIL_TOPICS
+                and emails.decision_recipient(proposal) is not None
+            ):
                 email_event_ids.append(event.pk)
         OutboxEvent.objects.filter(pk__in=[e.pk for e in events]).update(
             dispatched_at=timezone.now()

@@ -80,7 +80,9 @@ def send_digests() -> int:
 @shared_task(name="notifications.tasks.send_event_email", ignore_result=True)
 def send_event_email(event_id: str) -> None:
     event = (
-        OutboxEvent.objects.select_related("proposal__checkpoint", "proposal__submitted_by")
+        OutboxEvent.objects.select_related(
+            "proposal__checkpoint", "proposal__submitted_by__service_account"
+        )
         .filter(pk=event_id)
         .first()
     )
@@ -104,6 +106,6 @@ def send_event_email(event_id: str) -> None:
     elif event.topic == "proposal.sla_breached":
         emails.send_sla_breach(proposal, list(holders(checkpoint, MANAGE)))
     else:  # a decision or a request for changes: tell a human submitter
-        submitter = proposal.submitted_by
-        if not hasattr(submitter, "service_account"):
-            emails.send_decision(proposal, submitter)
+        recipient = emails.decision_recipient(proposal)
+        if recipient is not None:
+            emails.send_decision(proposal, recipient)

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 from standardwebhooks import Webhook
 
@@ -220,34 +220,43 @@ def endpoint_create(
 # --- planning (called by the relay, inside its transaction) ---------------------------------
 
 
-def plan_deliveries(event: OutboxEvent, endpoints: list[WebhookEndpoint]) -> list[WebhookDelivery]:
-    """One delivery per interested endpoint, plus the proposal's callback_url. Idempotent:
-    the unique constraints make a second planning of the same event a no-op."""
+def plan_deliveries(
+    events: list[OutboxEvent], endpoints: list[WebhookEndpoint]
+) -> list[WebhookDelivery]:
+    """For each event, one delivery per interested endpoint plus its proposal's callback_url,
+    written in one INSERT. Idempotent: targets an earlier run of the relay already planned
+    (it crashed before marking its events) are read in one query and skipped, and the unique
+    constraints hold the line against any other planner."""
     now = timezone.now()
-    planned = []
-    targets: list[tuple[WebhookEndpoint | None, str]] = [
-        (endpoint, endpoint.url)
-        for endpoint in endpoints
-        if endpoint.wants(event.topic, event.checkpoint_id)
-    ]
-    proposal = event.proposal
-    if proposal is not None and proposal.callback_url:
-        targets.append((None, proposal.callback_url))
-    for endpoint, url in targets:
-        try:
-            with transaction.atomic():
-                planned.append(
-                    WebhookDelivery.objects.create(
-                        event=event,
-                        endpoint=endpoint,
-                        url=url,
-                        next_attempt_at=now,
-                        created_at=now,
-                    )
+    wanted: dict[tuple[Any, str, Any], WebhookDelivery] = {}
+    for event in events:
+        for endpoint in endpoints:
+            if endpoint.wants(event.topic, event.checkpoint_id):
+                wanted[(event.pk, "endpoint", endpoint.pk)] = WebhookDelivery(
+                    event=event,
+                    endpoint=endpoint,
+                    url=endpoint.url,
+                    next_attempt_at=now,
+                    created_at=now,
                 )
-        except IntegrityError:
-            continue  # planned by an earlier run of the relay
-    return planned
+        proposal = event.proposal
+        if proposal is not None and proposal.callback_url:
+            wanted.setdefault(
+                (event.pk, "url", proposal.callback_url),
+                WebhookDelivery(
+                    event=event, url=proposal.callback_url, next_attempt_at=now, created_at=now
+                ),
+            )
+    if not wanted:
+        return []
+    for event_id, endpoint_id, url in WebhookDelivery.objects.filter(
+        event__in={key[0] for key in wanted}
+    ).values_list("event_id", "endpoint_id", "url"):
+        if endpoint_id is not None:
+            wanted.pop((event_id, "endpoint", endpoint_id), None)
+        else:
+            wanted.pop((event_id, "url", url), None)
+    return WebhookDelivery.objects.bulk_create(list(wanted.values()), ignore_conflicts=True)
 
 
 # --- sending ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.core import mail
 from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
@@ -18,7 +19,7 @@ from notifications.models import EmailNotice, OutboxEvent, WebhookDelivery
 from proposals import services
 from proposals.models import Proposal
 from proposals.permissions import REVIEW, SUBMIT
-from tests.factories import CheckpointFactory, submit
+from tests.factories import CheckpointFactory, UserFactory, submit
 from tests.notifications.conftest import LOOPBACK
 
 pytestmark = pytest.mark.django_db
@@ -148,8 +149,7 @@ def test_relaying_again_plans_nothing_new(world):
 
     # And planning directly is a no-op too (the unique constraints hold the line).
     endpoints = list(webhooks.WebhookEndpoint.objects.all())
-    for event in OutboxEvent.objects.all():
-        assert webhooks.plan_deliveries(event, endpoints) == []
+    assert webhooks.plan_deliveries(list(OutboxEvent.objects.all()), endpoints) == []
     assert WebhookDelivery.objects.count() == 6
 
 
@@ -248,10 +248,8 @@ def test_the_relay_hands_deliveries_and_mail_to_tasks_after_commit(world, monkey
     assert {args[0] for name, args in sent if name == "notifications.tasks.deliver_webhook"} == (
         deliveries
     )
-    approved = OutboxEvent.objects.get(topic="proposal.approved")
-    assert [args for name, args in sent if name == "notifications.tasks.send_event_email"] == [
-        (str(approved.pk),)
-    ]
+    # The submitter is a service account: a decision has no one to mail, so no mail task.
+    assert [args for name, args in sent if name == "notifications.tasks.send_event_email"] == []
     # Each event to the checkpoint's group, the submitter's and the proposal's.
     assert {group for group, _ in broadcasts} == {
         f"checkpoint.{world.checkpoint.pk}",
@@ -262,6 +260,29 @@ def test_the_relay_hands_deliveries_and_mail_to_tasks_after_commit(world, monkey
     assert {m["id"] for _, m in broadcasts} == {
         str(pk) for pk in OutboxEvent.objects.values_list("pk", flat=True)
     }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_decision_with_a_person_to_tell_gets_exactly_its_mail(world, monkeypatch):
+    sent: list[tuple[str, tuple[Any, ...]]] = []
+    monkeypatch.setattr(
+        tasks, "enqueue", lambda task, *args: sent.append((task.name, args)) or True
+    )
+    monkeypatch.setattr(relay.live, "broadcast", lambda messages: True)
+    hugo = UserFactory(username="hugo")
+    nemo = UserFactory(username="nemo", email="")  # a person, but no address to write to
+    for person in (hugo, nemo):
+        assign_perm(SUBMIT, person, world.checkpoint)
+    for submitter in (hugo, nemo, world.submitter):
+        approve(world, submit(submitter, world.checkpoint, title=f"{submitter.username}'s"))
+    sent.clear()
+
+    assert relay.relay_all() == 9
+    hugos = OutboxEvent.objects.get(topic="proposal.approved", proposal__submitted_by=hugo)
+    mail_tasks = [args for name, args in sent if name == "notifications.tasks.send_event_email"]
+    assert mail_tasks == [(str(hugos.pk),)]
+    tasks.send_event_email(*mail_tasks[0])
+    assert [(m.to, m.subject) for m in mail.outbox] == [(["hugo@example.test"], "hugo's: approved")]
 
 
 @pytest.mark.django_db(transaction=True)
