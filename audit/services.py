@@ -244,7 +244,18 @@ def _lock_chain(chain: int) -> None:
     serializes writers."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [AUDIT_LOCK_CLASS, chain])
+            cursor.execute(_LOCK_SQL, [AUDIT_LOCK_CLASS, chain])
+    _hold(chain)
+
+
+_LOCK_SQL = "SELECT pg_advisory_xact_lock(%s, %s)"
+_HEAD_SQL = (
+    "SELECT nextval(%s), head.chain_seq, head.hash"
+    " FROM (SELECT 1) AS one LEFT JOIN LATERAL ("
+    "  SELECT chain_seq, hash FROM audit_auditevent WHERE chain = %s"
+    "  ORDER BY chain_seq DESC LIMIT 1) AS head ON true"
+)
+_LOCK_THEN_HEAD_SQL = f"{_LOCK_SQL}; {_HEAD_SQL}"
 
 
 class _ChainHold:
@@ -272,34 +283,47 @@ def _held_chain() -> int | None:
     return None
 
 
-def _enter_chain(wanted: int, *, force: bool) -> int:
-    """The chain this transaction appends to, locking it on first use. With `force` (anchors,
-    always chain 0) the wanted chain is locked even if the transaction holds another."""
-    held = _held_chain()
-    if held is not None and (held == wanted or not force):
-        return held
-    _lock_chain(wanted)
-    if held is None:
-        hold = _ChainHold(wanted)
+def _hold(chain: int) -> None:
+    """Note that the transaction holds `chain`'s lock, just taken, unless it held one already
+    (an anchor's chain 0 is locked on top of the transaction's own chain)."""
+    if _held_chain() is None:
+        hold = _ChainHold(chain)
         transaction.on_commit(hold)
         connection._audit_chain_hold = hold  # type: ignore[attr-defined]
-    return wanted
 
 
-def _next_position(chain: int) -> tuple[int, int, str]:
-    """(seq, chain_seq, prev_hash) for the next event of `chain`; its lock is held. Read in a
-    statement of its own after the lock statement: a statement's snapshot is taken when it
-    starts, so a head read in the locking statement could miss the previous holder's row."""
+def _enter_chain(wanted: int, *, force: bool, lock: bool = True) -> tuple[int, bool]:
+    """The chain this transaction appends to, and whether it is still to be locked: it is on
+    first use, and with `force` (anchors: always chain 0, even if the transaction holds
+    another). With `lock` that is done here; without, the caller locks it with its head read
+    (_next_position(..., lock=True)), one round trip instead of two."""
+    held = _held_chain()
+    if held is not None and (held == wanted or not force):
+        return held, False
+    if lock:
+        _lock_chain(wanted)
+        return wanted, False
+    return wanted, True
+
+
+def _next_position(chain: int, *, lock: bool = False) -> tuple[int, int, str]:
+    """(seq, chain_seq, prev_hash) for the next event of `chain`; its lock is held, or with
+    `lock` taken first. The head is read by a statement of its own after the lock statement:
+    a statement's snapshot is taken when it starts, so a head read in the locking statement
+    could miss the previous holder's row. With `lock` both statements go in one round trip
+    (psycopg's client-side binding sends them as one simple query; under READ COMMITTED each
+    statement of it still takes its own snapshot, after the one before has finished)."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT nextval(%s), head.chain_seq, head.hash"
-                " FROM (SELECT 1) AS one LEFT JOIN LATERAL ("
-                "  SELECT chain_seq, hash FROM audit_auditevent WHERE chain = %s"
-                "  ORDER BY chain_seq DESC LIMIT 1) AS head ON true",
-                [GLOBAL_SEQUENCE, chain],
+                _LOCK_THEN_HEAD_SQL if lock else _HEAD_SQL,
+                ([AUDIT_LOCK_CLASS, chain] if lock else []) + [GLOBAL_SEQUENCE, chain],
             )
+            if lock:
+                cursor.nextset()  # past the lock's result, to the head's
             seq, last_position, last_hash = cursor.fetchone()
+        if lock:
+            _hold(chain)
     else:
         head = (
             AuditEvent.objects.filter(chain=chain)
@@ -329,17 +353,13 @@ def audit_record(
     `chain` is for anchors only; every other event goes where its transaction appends."""
     if not connection.in_atomic_block:
         raise RuntimeError("audit_record must run inside the transaction it records.")
-    if chain is None:
-        chain = _enter_chain(chain_of(proposal.pk if proposal is not None else None), force=False)
-    else:
-        chain = _enter_chain(chain, force=True)
+    forced = chain is not None
+    wanted = chain if chain is not None else chain_of(proposal.pk if proposal is not None else None)
     authenticated = actor is not None and actor.is_authenticated
     actor_user = cast("User | None", actor if authenticated else None)
     if checkpoint is None and proposal is not None:
         checkpoint = proposal.checkpoint
     event = AuditEvent(
-        chain=chain,
-        created_at=timezone.now(),
         actor=actor_user,
         actor_label=actor_user.get_username() if actor_user is not None else "system",
         verb=verb,
@@ -350,10 +370,20 @@ def audit_record(
         reason=reason,
         hash_version=HASH_VERSION,
     )
+    # Built before the chain is entered, so nothing that can fail (an unserializable `data`)
+    # comes between entering it and locking it. The time is taken under the lock, as ever:
+    # created_at does not go backwards along a chain.
+    event.chain, unlocked = _enter_chain(wanted, force=forced, lock=False)
     batch: _Batch | None = getattr(connection, "_audit_batch", None)
-    if batch is not None and chain == _held_chain():  # not a forced anchor: batch it
-        return batch.add(event)
-    event.seq, event.chain_seq, event.prev_hash = _next_position(chain)
+    if batch is not None:
+        if unlocked:
+            _lock_chain(event.chain)
+            unlocked = False
+        if event.chain == _held_chain():  # not a forced anchor: batch it
+            event.created_at = timezone.now()
+            return batch.add(event)
+    event.seq, event.chain_seq, event.prev_hash = _next_position(event.chain, lock=unlocked)
+    event.created_at = timezone.now()
     event.hash = event_hash(hash_version=HASH_VERSION, **_fields_of(event))
     event.save(force_insert=True)
     return event
@@ -617,8 +647,8 @@ def audit_append_rows(rows: list[dict[str, Any]]) -> None:
         raise RuntimeError("audit_append_rows must run inside the transaction it records.")
     if not rows:
         return
-    chain = _enter_chain(chain_of(rows[0]["proposal_id"]), force=False)
-    seq, position, prev_hash = _next_position(chain)
+    chain, unlocked = _enter_chain(chain_of(rows[0]["proposal_id"]), force=False, lock=False)
+    seq, position, prev_hash = _next_position(chain, lock=unlocked)
     seqs = [seq, *_more_seqs(len(rows) - 1)]
     for row, seq_ in zip(rows, seqs, strict=True):
         row.update(seq=seq_, chain=chain, chain_seq=position, prev_hash=prev_hash)

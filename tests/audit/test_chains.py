@@ -136,6 +136,30 @@ def test_a_transaction_appends_to_one_chain(world: Any) -> None:
     assert b.chain_seq == a.chain_seq + 1
 
 
+def test_a_first_append_locks_and_reads_the_head_in_one_round_trip(world: Any) -> None:
+    """Lock and head read are two statements (each its own snapshot, so the head is read after
+    the lock is granted: test_writers_on_different_chains_do_not_wait_for_each_other links
+    the waiter to the holder's row) sent together; then the INSERT. A second append of the
+    transaction reads the head under the lock it holds."""
+    first, second, _ = _proposals_on_chains(world, 2)
+    with transaction.atomic(), CaptureQueriesContext(connection) as statements:
+        audit_record(verb="test.a", actor=None, proposal=first)
+        assert len(statements) == 2
+        assert "pg_advisory_xact_lock" in statements[0]["sql"]
+        audit_record(verb="test.b", actor=None, proposal=second)
+        assert len(statements) == 4
+        assert "pg_advisory_xact_lock" not in statements[2]["sql"]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND classid = 7301"
+                " AND pid = pg_backend_pid()"
+            )
+            assert [row[0] for row in cursor.fetchall()] == [chain_of(first.pk)]
+    a, b = AuditEvent.objects.get(verb="test.a"), AuditEvent.objects.get(verb="test.b")
+    assert (b.chain, b.chain_seq, b.prev_hash) == (a.chain, a.chain_seq + 1, a.hash)
+    assert audit_verify()[1] is None
+
+
 def test_a_rolled_back_savepoint_gives_up_its_chain(world: Any) -> None:
     """PostgreSQL releases an advisory lock taken in a savepoint that rolls back; the
     transaction must then lock again before appending, not append to an unlocked chain."""
