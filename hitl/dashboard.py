@@ -438,17 +438,17 @@ def suggest_auto_approve_at(
 
 def _reviewers(checkpoints: list[Checkpoint], window: Window) -> list[dict[str, Any]]:
     ids = [c.pk for c in checkpoints]
-    seconds = SecondsBetween(F("proposal__created_at"), F("created_at"))
-    # Grouped by id alone: joining users before grouping would look one up per vote.
+    # From the votes' index alone (vote_cast_idx): each vote carries its proposal's checkpoint
+    # and its review time. Grouped by id alone: joining users first would look one up per vote.
     rows = list(
         Vote.objects.filter(
-            proposal__checkpoint_id__in=ids, created_at__gte=window.start, created_at__lt=window.end
+            checkpoint_id__in=ids, created_at__gte=window.start, created_at__lt=window.end
         )
         .values("reviewer_id")
         .annotate(
             decisions=Count(ROWS),
             approvals=Count(ROWS, filter=Q(decision=Decision.APPROVE)),
-            median_review_seconds=Percentile(seconds, 0.5),
+            median_review_seconds=Percentile(F("review_seconds"), 0.5),
         )
         .order_by()
     )

@@ -437,6 +437,8 @@ def _one(
                 "comment": comment,
                 "selected_option": "",
                 "created_at": at,
+                "checkpoint_id": row["checkpoint_id"],
+                "review_seconds": (at - created_at).total_seconds(),
             }
             chunk.votes.append(vote)
             _emit(

@@ -218,4 +218,7 @@ def _backdate(
         changes["escalated_at"] = created_at + timedelta(minutes=30)
     Proposal.objects.filter(pk=proposal.pk).update(**changes)
     Revision.objects.filter(proposal=proposal).update(created_at=created_at)
-    Vote.objects.filter(proposal=proposal).update(created_at=decided_at or created_at)
+    voted_at = decided_at or created_at
+    Vote.objects.filter(proposal=proposal).update(
+        created_at=voted_at, review_seconds=(voted_at - created_at).total_seconds()
+    )

@@ -229,3 +229,24 @@ def test_demo_history_gives_every_chart_something(db: None, tmp_path: Any, setti
     before = Proposal.objects.count()
     seed_demo(credentials_file=tmp_path / "creds")
     assert Proposal.objects.count() == before  # idempotent
+
+
+def test_votes_carry_their_proposals_checkpoint_and_review_time(
+    db: None, tmp_path: Any, settings: Any
+) -> None:
+    """Whichever path wrote them (the services, the back-dated demo history, the bulk
+    history's COPY), votes hold what the reviewer figures read without a join."""
+    from django.db import connection
+
+    from hitl.management.commands.seed_demo import seed_demo
+
+    settings.HITL_DEMO_HISTORY_DAYS = 3
+    seed_demo(credentials_file=tmp_path / "creds", bulk_proposals=300)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*), count(*) FILTER (WHERE v.checkpoint_id = p.checkpoint_id AND "
+            "abs(v.review_seconds - date_part('epoch', v.created_at - p.created_at)) < 0.001) "
+            "FROM proposals_vote v JOIN proposals_proposal p ON p.id = v.proposal_id"
+        )
+        votes, consistent = cursor.fetchone()
+    assert votes > 300 and consistent == votes
