@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 from django.utils.functional import cached_property
 
@@ -30,3 +31,13 @@ class SharedPoolRedisCache(RedisCache):
             if client is None:
                 client = _clients[key] = mine["_class"](servers, **options)
         return client
+
+
+def count_in_window(key: str, seconds: int) -> int:
+    """Add one to the counter `key` of the default cache and return it; the counter lives
+    `seconds` from its last count. INCR and EXPIRE go to Redis in one round trip."""
+    cache = caches["default"]
+    key = cache.make_and_validate_key(key)
+    client = cache._cache.get_client(key, write=True)  # type: ignore[attr-defined]
+    count, _ = client.pipeline(transaction=False).incr(key).expire(key, seconds).execute()
+    return int(count)

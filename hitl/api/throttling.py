@@ -1,14 +1,25 @@
 """Rate limits that fail open: the counters live in Redis, and a Redis outage must not turn
-every API call into an error (decisions keep flowing; the outbox catches up afterwards)."""
+every API call into an error (decisions keep flowing; the outbox catches up afterwards).
+
+Each caller has one counter per fixed window of the rate's period (the clock's minute for
+`6000/minute`): one INCR + EXPIRE round trip per request. DRF's own throttles keep the list of
+every request's time in the window, read, unpickled, pickled and written back whole by every
+request (two round trips, and a 6,000-entry list at the default user rate). The price of the
+fixed window: a caller may spend one window's allowance at its end and the next one's at the
+start of the next, up to twice the rate across a boundary.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import Any
 
 from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
+
+from hitl.cache import count_in_window
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +67,33 @@ class _FailOpen:
             return True
 
 
-class AnonThrottle(_FailOpen, AnonRateThrottle):
+class _FixedWindow:
+    """SimpleRateThrottle's rate, scope, key and settings, counted per fixed window."""
+
+    rate: str | None
+    num_requests: int
+    duration: int
+    timer: Any
+
+    def allow_request(self, request: Any, view: Any) -> bool:
+        if self.rate is None:
+            return True
+        key = self.get_cache_key(request, view)  # type: ignore[attr-defined]
+        if key is None:
+            return True
+        now = self.timer()
+        window = int(now // self.duration)
+        self.wait_seconds = (window + 1) * self.duration - now
+        return count_in_window(f"{key}:{window}", self.duration) <= self.num_requests
+
+    def wait(self) -> float:
+        """Retry-After: until this window ends, in whole seconds (at least one)."""
+        return float(max(1, math.ceil(self.wait_seconds)))
+
+
+class AnonThrottle(_FailOpen, _FixedWindow, AnonRateThrottle):
     pass
 
 
-class UserThrottle(_FailOpen, UserRateThrottle):
+class UserThrottle(_FailOpen, _FixedWindow, UserRateThrottle):
     pass
