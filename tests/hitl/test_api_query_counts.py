@@ -27,9 +27,10 @@ pytestmark = pytest.mark.django_db
 LIST = "/api/v1/proposals/"
 
 # Inside a test's transaction: a savepoint and its release around the service's atomic block.
-# Once the key, the checkpoint and its electorate are remembered: proposal, history, revision,
-# history, outbox, audit (lock, head, insert) = 8, plus the savepoint pair.
-SUBMIT_MAX_QUERIES = 10
+# Once the key, the checkpoint and its electorate are remembered: proposal, revision and their
+# history rows (one statement), outbox, audit (lock and head in one round trip, insert) = 4,
+# plus the savepoint pair.
+SUBMIT_MAX_QUERIES = 6
 # The page, nothing per row, nothing for the caller's key or grants once cached.
 LIST_MAX_QUERIES = 2
 

@@ -1,0 +1,97 @@
+"""A submit writes its proposal, first revision and their history rows in one statement
+(services._insert_with_history): the rows must be exactly what save() and simple_history's
+post_save write. Each case is built twice from the same objects at the same frozen instant,
+once through save(force_insert=True) and once through the one statement, and the rows read
+back are compared field by field (all but the ids)."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import time_machine
+from django.db import connection, transaction
+from django.db.models import Model
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from proposals import services
+from proposals.models import Proposal, Revision
+
+pytestmark = pytest.mark.django_db
+
+
+def _row(instance: Model, *, skip: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        field.attname: getattr(instance, field.attname)
+        for field in instance._meta.concrete_fields
+        if field.attname not in skip
+    }
+
+
+def _twin(world: Any, *, title: str, idempotency_key: str) -> tuple[Proposal, Revision]:
+    data = services.ProposalInput(
+        title=title,
+        payload={"amount": 12.5, "nested": {"k": [1, "two", None]}},
+        summary="é ünïcode",
+        labels={"team": "x"},
+        confidence=0.25,
+        impact=Decimal("1234.50"),
+        region="eu",
+    )
+    now = timezone.now()
+    proposal = services._new_proposal(
+        world.submitter, world.checkpoint, data, idempotency_key, 2, now
+    )
+    proposal._history_user = world.submitter  # type: ignore[attr-defined]
+    return proposal, services._first_revision(proposal, data, world.submitter, now)
+
+
+def _stored(proposal: Proposal) -> dict[str, Any]:
+    skip_ids = ("id", "proposal_id", "idempotency_key", "history_id")
+    revision = Revision.objects.get(proposal=proposal)
+    return {
+        "proposal": _row(Proposal.objects.get(pk=proposal.pk), skip=("id", "idempotency_key")),
+        "revision": _row(revision, skip=skip_ids),
+        "proposal history": [
+            _row(h, skip=skip_ids) for h in Proposal.history.filter(id=proposal.pk)
+        ],
+        "revision history": [
+            _row(h, skip=skip_ids) for h in Revision.history.filter(id=revision.pk)
+        ],
+    }
+
+
+@time_machine.travel("2026-11-30 12:00:00+00:00", tick=False)
+def test_one_statement_writes_what_save_and_its_history_write(world: Any) -> None:
+    by_save, saved_revision = _twin(world, title="t", idempotency_key="k1")
+    by_statement, revision = _twin(world, title="t", idempotency_key="k2")
+    with transaction.atomic():
+        by_save.save(force_insert=True)
+        saved_revision.save(force_insert=True)
+    with transaction.atomic(), CaptureQueriesContext(connection) as statements:
+        services._insert_with_history(by_statement, revision)
+    assert len(statements) == 1
+    assert revision.pk is not None and revision.pk != saved_revision.pk
+    assert not by_statement._state.adding and not revision._state.adding
+    assert _stored(by_statement) == _stored(by_save)
+    history = Proposal.history.get(id=by_statement.pk)
+    assert (history.history_type, history.history_user_id) == ("+", world.submitter.pk)
+    assert (
+        Revision.history.get(id=revision.pk).history_user_id is None
+    )  # as save() outside a request
+
+
+def test_a_submit_answers_with_the_revision_it_wrote(world: Any) -> None:
+    proposal = services.proposal_submit(
+        submitter=world.submitter,
+        checkpoint=world.checkpoint,
+        data=services.ProposalInput(title="t", payload={"a": 1}),
+        idempotency_key=str(uuid.uuid4()),
+    )
+    [revision] = proposal.revisions.all()
+    assert revision.pk == Revision.objects.get(proposal=proposal).pk
+    assert Proposal.history.filter(id=proposal.pk).count() >= 1
+    assert Revision.history.filter(id=revision.pk).count() == 1
