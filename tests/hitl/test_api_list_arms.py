@@ -14,9 +14,16 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from guardian.shortcuts import assign_perm
 
+from hitl.api import rows
 from proposals import selectors, services
 from proposals.models import Proposal, Status
-from proposals.permissions import REVIEW_ESCALATED, SUBMIT, access_for, allowed_actions
+from proposals.permissions import (
+    REVIEW_ESCALATED,
+    SUBMIT,
+    access_for,
+    allowed_actions,
+    reviewable_proposals_arms,
+)
 from tests.factories import UserFactory, make_service_account, submit
 
 pytestmark = pytest.mark.django_db
@@ -103,6 +110,66 @@ def test_the_arms_read_exactly_the_rule_for_every_user_and_filter(world, crowd):
         "agent 3",
         "esme's own, elsewhere",
     }
+
+
+# Beyond FILTERS: every parameter the compiled pages stand in for, repeated values, a
+# checkpoint that exists and one that does not, and labels (their JSON parameter is not stood
+# in for: such pages stay with the ORM).
+COMPILED_FILTERS = [
+    *FILTERS,
+    selectors.ProposalFilters(status=[Status.PENDING, Status.PENDING, Status.CANCELLED]),
+    selectors.ProposalFilters(checkpoint="inspection-schedule", priority=["low", "low"]),
+    selectors.ProposalFilters(checkpoint="nowhere"),
+    selectors.ProposalFilters(region="eu", external_id="x-1", reviewable_by_me=True),
+    selectors.ProposalFilters(submitted_by_me=True, status=[Status.PENDING]),
+    selectors.ProposalFilters(labels={"team": "ops"}),
+]
+
+
+def test_compiled_pages_read_exactly_what_the_orm_builds(world, crowd):
+    """`.values()` pages run SQL compiled once per query shape with the values put in its
+    parameters: for every user, filter and cursor the rows are the ORM's, in order."""
+    Proposal.objects.filter(title="agent 2").update(
+        region="eu", external_id="x-1", labels={"team": "ops"}
+    )
+    selectors._compiled_pages.clear()
+    for user in _users(world, crowd):
+        access = access_for(user)
+        for filters in COMPILED_FILTERS:
+            inputs = selectors._PageInputs(access, filters, selectors._checkpoint_id(filters), None)
+            walk = selectors._run_orm(
+                selectors._page_query(inputs, 100, rows.proposal_rows, "default")
+            )
+            for after in [None, *((r["sla_due_at"], r["id"]) for r in walk)]:
+                inputs = selectors._PageInputs(
+                    access, filters, selectors._checkpoint_id(filters), after
+                )
+                for size in (1, 3):
+                    orm = selectors._run_orm(
+                        selectors._page_query(inputs, size, rows.proposal_rows, "default")
+                    )
+                    page = selectors.proposal_page(
+                        access, filters, size=size, after=after, shape=rows.proposal_rows
+                    )
+                    assert page == orm, (user, filters, after, size)
+                    compiled = selectors.compiled_page(inputs, size, rows.proposal_rows, "default")
+                    # Left to the ORM only with a JSON parameter or no SQL to run at all.
+                    no_sql = filters.checkpoint == "nowhere" or (
+                        filters.reviewable_by_me and not reviewable_proposals_arms(access)
+                    )
+                    assert (compiled is None) == bool(filters.labels or no_sql)
+    # Shared by users alike (as many checkpoints per right, the same filters).
+    assert len(selectors._compiled_pages) < len(_users(world, crowd)) * len(COMPILED_FILTERS) * 4
+
+
+def test_a_compiled_page_is_one_statement(world, crowd):
+    access = access_for(world.reviewer)
+    filters = selectors.ProposalFilters(status=[Status.PENDING])
+    selectors.proposal_page(access, filters, size=5, shape=rows.proposal_rows)
+    with CaptureQueriesContext(connection) as queries:
+        selectors.proposal_page(access, filters, size=5, shape=rows.proposal_rows)
+    assert len(queries) == 1
+    assert " UNION ALL " in queries[0]["sql"]
 
 
 def test_a_keyset_walk_interleaves_the_arms_in_order(world, crowd, client_for):
