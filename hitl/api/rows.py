@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from functools import cache
 from typing import Any, cast
 
 from django.db.models import QuerySet
 from django.utils import timezone
-from rest_framework import serializers
+from rest_framework import ISO_8601, serializers
+from rest_framework.settings import api_settings
 
 from hitl.api.serializers import ProposalOutputSerializer
 from proposals.models import Decision, Proposal, Status, Vote
@@ -44,19 +45,59 @@ def _as_is(field: serializers.Field) -> bool:
 
 
 @cache
-def _plan() -> tuple[tuple[str, str, Callable[[Any], Any] | None], ...]:
-    """(output name, values() key, converter or None for "as is") per field, in order."""
+def _plan() -> tuple[tuple[str, str, serializers.Field | None], ...]:
+    """(output name, values() key, the field, or None for "as is") per field, in order."""
     plan = []
     for name, field in ProposalOutputSerializer().fields.items():
         source = _RELATED_SOURCES.get(name, name)
         # The related names are plain strings already (CharField would only str() them).
-        convert = None if name in _RELATED_SOURCES or _as_is(field) else field.to_representation
-        plan.append((name, source, convert))
+        as_is = name in _RELATED_SOURCES or _as_is(field)
+        plan.append((name, source, None if as_is else field))
     return tuple(plan)
 
 
+def _converters() -> list[tuple[str, str, Callable[[Any], Any] | None]]:
+    """(output name, values() key, converter or None for "as is") per field, in order, for
+    this request (a datetime is shown in its current time zone)."""
+    return [
+        (name, source, None if field is None else _converter(field))
+        for name, source, field in _plan()
+    ]
+
+
+def _converter(field: serializers.Field) -> Callable[[Any], Any]:
+    if type(field) is serializers.DateTimeField:
+        return _iso_datetime(field)
+    if type(field) is serializers.UUIDField and field.uuid_format == "hex_verbose":
+        return str
+    return field.to_representation
+
+
+def _iso_datetime(field: serializers.DateTimeField) -> Callable[[Any], Any]:
+    """`DateTimeField.to_representation` of an aware datetime in ISO 8601, the time zone
+    looked up once per page instead of once per value (a third of a page's rendering); any
+    other value or setting, and a value out of range there, goes to DRF itself."""
+    output_format = getattr(field, "format", api_settings.DATETIME_FORMAT)
+    if output_format is None or output_format.lower() != ISO_8601:
+        return field.to_representation
+    zone = field.timezone if hasattr(field, "timezone") else field.default_timezone()
+    if not isinstance(zone, tzinfo):
+        return field.to_representation
+
+    def iso(value: Any) -> Any:
+        if type(value) is not datetime or value.utcoffset() is None:
+            return field.to_representation(value)
+        try:
+            text = value.astimezone(zone).isoformat()
+        except OverflowError:
+            return field.to_representation(value)
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+    return iso
+
+
 def value_names() -> list[str]:
-    return [source for _name, source, _convert in _plan()]
+    return [source for _name, source, _field in _plan()]
 
 
 # What `allowed_actions` reads of a proposal besides the serializer's fields.
@@ -120,7 +161,7 @@ def _approvals_by_me(access: Access, proposals: list[Proposal]) -> dict[Any, lis
 def render(rows: Sequence[dict[str, Any]], access: Access | None = None) -> list[dict[str, Any]]:
     """The serializer's fields of each row; with `access`, also `permissions`: what this user
     may do with it now, from `allowed_actions` as on the detail."""
-    plan = _plan()
+    plan = _converters()
     out = [
         {
             name: (row[source] if convert is None or row[source] is None else convert(row[source]))

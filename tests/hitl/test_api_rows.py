@@ -3,9 +3,11 @@ says about the same proposals, whatever their fields hold."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
 from hitl.api import rows
 from hitl.api.serializers import ProposalOutputSerializer
@@ -45,3 +47,21 @@ def test_rows_render_exactly_what_the_serializer_renders(world):
     expected = [dict(item) for item in ProposalOutputSerializer(qs, many=True).data]
     assert rows.render(rows.proposal_rows(qs)) == expected
     assert {row["title"] for row in expected} == {"plain", "full", "claimed", "decided"}
+
+
+def test_rows_render_datetimes_as_the_serializer_in_any_time_zone(world):
+    """Datetimes go through a per-page converter (rows._iso_datetime): in UTC, in the
+    request's current time zone, with microseconds, and in the serializer's key order."""
+    claimed = submit(world.submitter, world.checkpoint, title="claimed")
+    services.proposal_claim(proposal_id=claimed.pk, actor=world.reviewer)
+    Proposal.objects.filter(pk=claimed.pk).update(
+        due_at=datetime(2031, 3, 30, 1, 30, 0, 123456, tzinfo=UTC)
+    )
+    qs = Proposal.objects.select_related("checkpoint", "submitted_by", "claimed_by")
+    for zone in ("UTC", "Asia/Kolkata", "America/St_Johns"):
+        with timezone.override(zone):
+            expected = [dict(item) for item in ProposalOutputSerializer(qs, many=True).data]
+            rendered = rows.render(rows.proposal_rows(qs))
+        assert rendered == expected
+        assert [list(item) for item in rendered] == [list(item) for item in expected]
+    assert expected[0]["due_at"] == "2031-03-29T23:00:00.123456-02:30"
