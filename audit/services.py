@@ -322,8 +322,6 @@ def _next_position(chain: int, *, lock: bool = False) -> tuple[int, int, str]:
             if lock:
                 cursor.nextset()  # past the lock's result, to the head's
             seq, last_position, last_hash = cursor.fetchone()
-        if lock:
-            _hold(chain)
     else:
         head = (
             AuditEvent.objects.filter(chain=chain)
@@ -333,6 +331,8 @@ def _next_position(chain: int, *, lock: bool = False) -> tuple[int, int, str]:
         )
         last_position, last_hash = head if head else (None, None)
         seq = (AuditEvent.objects.aggregate(top=Max("seq"))["top"] or 0) + 1
+    if lock:
+        _hold(chain)
     if last_position is None:
         return int(seq), 1, GENESIS_HASH
     return int(seq), int(last_position) + 1, str(last_hash)

@@ -213,17 +213,30 @@ from django.core.management import call_command
 from guardian.shortcuts import assign_perm
 from proposals.permissions import REVIEW
 from tests.audit.test_audit_verify import big_number_round
-from tests.factories import CheckpointFactory, UserFactory, make_service_account
+from django.db import transaction
+from audit.models import AuditEvent
+from audit.services import audit_record
+from tests.factories import CheckpointFactory, UserFactory, make_service_account, submit
 
 checkpoint = CheckpointFactory(slug="sqlite-numbers")
 reviewer = UserFactory(username="rita")
 assign_perm(REVIEW, reviewer, checkpoint)
-proposal = big_number_round(make_service_account("agent", checkpoint), reviewer, checkpoint)
+agent = make_service_account("agent", checkpoint)
+proposal = big_number_round(agent, reviewer, checkpoint)
+others = [submit(agent, checkpoint, title=f"o{n}") for n in range(8)]
+with transaction.atomic():  # one transaction, one chain, whatever chains the proposals pick
+    for other in others:
+        audit_record(verb="test.together", actor=None, proposal=other)
+together = AuditEvent.objects.filter(verb="test.together").values_list("chain", flat=True)
 out = StringIO()
 try:
     call_command("audit_verify", "--json", stdout=out)
 finally:
-    print(json.dumps({"status": proposal.status, "report": json.loads(out.getvalue())}))
+    print(json.dumps({
+        "status": proposal.status,
+        "together": sorted(set(together)),
+        "report": json.loads(out.getvalue()),
+    }))
 """
 
 
@@ -252,6 +265,7 @@ def test_audit_verify_survives_sqlite_round_trip(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["status"] == "approved"
+    assert len(result["together"]) == 1, result["together"]
     assert result["report"]["intact"] is True, result
     assert result["report"]["problems"] == []
 
