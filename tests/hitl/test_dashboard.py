@@ -8,11 +8,13 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection
 from django.test import Client
 
 from hitl import dashboard
@@ -195,6 +197,53 @@ def test_page_and_api_show_the_same_numbers(world: Any, client_for: Any) -> None
     assert {**shown, "window": None} == {**api, "window": None}
     assert shown["window"]["period"] == api["window"]["period"] == "24h"
     assert "Apply 0.8" in page.content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_figure_comes_from_one_read_only_snapshot_with_room_to_sort(world: Any) -> None:
+    """A decision committed by another session between two of the dashboard's statements
+    shows in none of them, so the totals and the timing agree; every statement runs in the
+    REPEATABLE READ, READ ONLY transaction with the dashboard's work_mem."""
+    decide(world, 0.5, True)
+    late = submit(world.submitter, world.checkpoint, confidence=0.5)
+
+    def decide_late() -> None:
+        try:
+            services.vote_cast(
+                proposal_id=late.pk, reviewer=world.reviewer, decision="approve", revision=1
+            )
+        finally:
+            connection.close()
+
+    seen: list[tuple[str, str, str]] = []
+
+    def probe_then_decide(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if sql.startswith("SET "):
+            return execute(sql, params, many, context)
+        raw = context["cursor"].cursor  # beneath the wrappers: not itself probed
+        raw.execute(
+            "SELECT current_setting('work_mem'), current_setting('transaction_isolation'), "
+            "current_setting('transaction_read_only')"
+        )
+        seen.append(raw.fetchone())
+        result = execute(sql, params, many, context)
+        if len(seen) == 1:
+            other = threading.Thread(target=decide_late)
+            other.start()
+            other.join()
+        return result
+
+    with connection.execute_wrapper(probe_then_decide):
+        data = dashboard.summary(
+            [world.checkpoint], dashboard.Window.from_params({"period": "24h"})
+        )
+    assert Proposal.objects.get(pk=late.pk).status == "approved"  # committed meanwhile
+    assert data["totals"]["submitted"] == 2
+    assert data["totals"]["decided_by_reviewers"] == 1
+    (per_checkpoint,) = data["time_to_decision"]["by_checkpoint"]
+    assert per_checkpoint["decided"] == 1  # read after the late decision committed
+    assert len(seen) > 5
+    assert set(seen) == {(dashboard.WORK_MEM, "repeatable read", "on")}
 
 
 def test_custom_periods_are_validated() -> None:
