@@ -5,7 +5,7 @@ arms, and the `permissions` of each row and of the detail from `allowed_actions`
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -126,6 +126,10 @@ COMPILED_FILTERS = [
 ]
 
 
+def _zones(page: list[dict[str, Any]]) -> list[list[Any]]:
+    return [[v.tzinfo for v in row.values() if isinstance(v, datetime)] for row in page]
+
+
 def test_compiled_pages_read_exactly_what_the_orm_builds(world, crowd):
     """`.values()` pages run SQL compiled once per query shape with the values put in its
     parameters: for every user, filter and cursor the rows are the ORM's, in order."""
@@ -152,6 +156,8 @@ def test_compiled_pages_read_exactly_what_the_orm_builds(world, crowd):
                         access, filters, size=size, after=after, shape=rows.proposal_rows
                     )
                     assert page == orm, (user, filters, after, size)
+                    # The same datetimes, to their time zone (loaded by psycopg's own loader).
+                    assert _zones(page) == _zones(orm)
                     compiled = selectors.compiled_page(inputs, size, rows.proposal_rows, "default")
                     # Left to the ORM only with a JSON parameter or no SQL to run at all.
                     no_sql = filters.checkpoint == "nowhere" or (
