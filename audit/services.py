@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-import rfc8785
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from audit.canonical import jcs_bytes
 from audit.models import AuditEvent
 
 if TYPE_CHECKING:
@@ -52,36 +52,6 @@ HASH_VERSION = HASH_V3_CHAINS
 # jsonb hands integral floats from 1e16 up back as ints ("1e+16" -> 10000000000000000):
 # below that Python writes them with ".0", which jsonb keeps.
 _V1_JSONB_INT_FROM = 10**16
-
-
-def _as_jcs_numbers(value: Any) -> Any:
-    """Every number as the IEEE double JSON means (RFC 8785 / I-JSON): 1e16, 10000000000000000
-    and 1.0e16 are one value, whatever text or type a database hands back. Integers beyond
-    2**53 therefore hash at double precision, as in every JCS implementation."""
-    if isinstance(value, str):
-        return _utf8(value)
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, int):
-        try:
-            return float(value)
-        except OverflowError:  # beyond any double: no JSON number means it; keep the digits
-            return str(value)
-    if isinstance(value, dict):
-        return {_utf8(key): _as_jcs_numbers(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_as_jcs_numbers(item) for item in value]
-    return value
-
-
-def _utf8(text: str) -> str:
-    """JSON's "\\ud800" parses to a lone surrogate, which SQLite stores and hands back but
-    RFC 8785 (UTF-8 only) refuses: hash its escape instead of failing the write."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
 
 
 def _event_body(
@@ -131,7 +101,7 @@ def event_hash(
             # Moving a row to another chain or position breaks its hash, not only a link.
             body["chain"] = chain
             body["chain_seq"] = chain_seq
-        text = rfc8785.dumps(_as_jcs_numbers(body))
+        text = jcs_bytes(body)
     else:
         raise ValueError(f"unknown audit hash version {hash_version}")
     return hashlib.sha256(text + prev_hash.encode()).hexdigest()
