@@ -106,11 +106,12 @@ def compiled_page(
     if stand_in is None:
         return None
     key = (db, connections[db].vendor, size, shape, stand_in.key)
-    if key not in _compiled_pages:
+    # Read once: another thread may clear the cache between a check and a read.
+    compiled = _compiled_pages.get(key, _NOT_BUILT)
+    if compiled is _NOT_BUILT:
         if len(_compiled_pages) >= _COMPILED_PAGES_MAX:
             _compiled_pages.clear()
-        _compiled_pages[key] = _CompiledPage.build(inputs, size, shape, db)
-    compiled = _compiled_pages[key]
+        compiled = _compiled_pages[key] = _CompiledPage.build(inputs, size, shape, db)
     if compiled is None:
         return None
     return functools.partial(compiled.run, db, stand_in.real)
@@ -173,6 +174,7 @@ _VARIANTS = (
 _COMPILED_PAGES_MAX = 512
 # Query shape -> its compiled page, or None: the ORM builds pages of that shape each time.
 _compiled_pages: dict[Hashable, _CompiledPage | None] = {}
+_NOT_BUILT: Any = object()
 
 
 @dataclass(frozen=True)
