@@ -374,6 +374,15 @@ class Bench:
                 "token": t["agent_token"],
             },
             {
+                # Both checkpoints warm: a submit's caches (checkpoint row, electorate) are
+                # per checkpoint, and the load stages run with them warm.
+                "name": "warm",
+                "method": "POST",
+                "path": "/api/v1/proposals/",
+                "body": self.submit_body(0, False),
+                "token": t["agent_token"],
+            },
+            {
                 "name": "warm",
                 "method": "POST",
                 "path": f"/api/v1/proposals/{vote_ids[0]}/votes/",
@@ -743,10 +752,15 @@ class Bench:
             if name not in self.results:
                 continue
             self.log(f"rep {rep + 1}: {name}")
+            worker = self.stack.worker
+            worker_cpu0 = worker.cpu_seconds() if worker else 0.0
             result = self._sweepers("product", procs, self.stack.product_env(), seed=s.sweep_rows)
-            # How long the worker needs to relay the sweep's events (they reach webhooks and
-            # sockets only then); waiting also keeps that work out of the next measurement.
+            # How long the worker needs to relay the sweep's events and run what the relay
+            # queued (they reach webhooks, mail and sockets only then), and its CPU for them;
+            # waiting also keeps that work out of the next measurement.
             result["relay_drain_s"] = self.stack.wait_outbox_drained(timeout=600)
+            worker_cpu = (worker.cpu_seconds() if worker else 0.0) - worker_cpu0
+            result["worker_cpu_ms_per_row"] = worker_cpu * 1000 / max(result["rows"], 1)
             self.record(name, "product", result)
             for kind, side in (("raw-update", "raw_update"), ("raw-audit", "baseline")):
                 schema.seed_items(base_dsn, s.sweep_rows, due_in_past=True, owner="agent", far=True)

@@ -38,6 +38,10 @@ from bench.processes import (
 
 __all__ = ["PYTHON", "ROOT", "Proc", "Stack", "free_port", "make_workdir"]
 
+# A Celery worker with nothing to do still wakes up (heartbeats, broker polls): below this
+# much CPU in half a second it counts as idle.
+WORKER_IDLE_CPU_S = 0.02
+
 
 @dataclass
 class Postgres:
@@ -224,6 +228,18 @@ class Stack:
             if time.monotonic() - started > timeout:
                 return None
             time.sleep(0.1)
+        # Relayed is not finished: the relay queues tasks (mails, webhook deliveries) that the
+        # worker runs after it. Done when the worker has gone idle.
+        if self.worker is not None:
+            last = self.worker.cpu_seconds()
+            while True:
+                time.sleep(0.5)
+                now = self.worker.cpu_seconds()
+                if now - last < WORKER_IDLE_CPU_S:
+                    break
+                last = now
+                if time.monotonic() - started > timeout:
+                    return None
         return time.monotonic() - started
 
     def _start_redis(self) -> None:
