@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 import jsonpatch
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Model, Q
-from django.db.models.sql import InsertQuery
+from django.db.models.sql import InsertQuery, UpdateQuery
 from django.utils import timezone
 from referencing.exceptions import Unresolvable
 from simple_history.models import HistoricalRecords
@@ -221,7 +221,7 @@ def _write(change: Change) -> None:
     """One change: saved (and so its history row), then its outbox row and audit event."""
     proposal = change.proposal
     proposal._history_user = change.actor  # type: ignore[attr-defined]
-    proposal.save(update_fields=change.fields)
+    _update_with_history(proposal, change.fields)
     outbox_emit(change.verb, proposal=proposal, data=change.announce)
     audit_record(
         verb=change.verb,
@@ -503,29 +503,9 @@ def _insert_with_history(*rows: Model) -> None:
         [(insert_sql, insert_params)] = query.get_compiler(connection=connection).as_sql()
         parts.append(f"r{n} AS ({insert_sql} RETURNING *)")
         params += insert_params
-        history = type(row).history.model  # type: ignore[attr-defined]
-        columns = ", ".join(quote(field.column) for field in history.tracked_fields)
-        extra = [
-            (history._meta.get_field("history_date"), getattr(row, "_history_date", None)),
-            (history._meta.get_field("history_type"), "+"),
-            (history._meta.get_field("history_user"), _HISTORY_DEFAULTS.get_history_user(row)),
-            (
-                history._meta.get_field("history_change_reason"),
-                _HISTORY_DEFAULTS.get_change_reason_for_object(row, "+", None),
-            ),
-        ]
-        slots = ", ".join(f"CAST(%s AS {slot.db_type(connection)})" for slot, _ in extra)
-        targets = ", ".join(quote(slot.column) for slot, _ in extra)
-        parts.append(
-            f"h{n} AS (INSERT INTO {quote(history._meta.db_table)} ({columns}, {targets})"  # noqa: S608 (names from the models)
-            f" SELECT {columns}, {slots} FROM r{n})"
-        )
-        for slot, value in extra:
-            if slot.name == "history_date" and value is None:
-                value = timezone.now()
-            elif slot.name == "history_user":
-                value = value.pk if value is not None else None
-            params.append(slot.get_db_prep_save(value, connection))
+        history_sql, history_params = _history_from(row, f"r{n}", "+")
+        parts.append(f"h{n} AS ({history_sql})")
+        params += history_params
     pks = ", ".join(
         f"(SELECT {quote(row._meta.pk.column)} FROM r{n})"  # type: ignore[union-attr]  # noqa: S608
         for n, row in enumerate(rows)
@@ -538,6 +518,62 @@ def _insert_with_history(*rows: Model) -> None:
             row.pk = pk
         row._state.adding = False
         row._state.db = connection.alias
+
+
+def _history_from(row: Model, source: str, history_type: str) -> tuple[str, list[Any]]:
+    """INSERT … SELECT of the history row simple_history's post_save writes for `row` (every
+    tracked field, as stored; its user, date and change reason), from `source`: the row as
+    an INSERT or UPDATE … RETURNING * just wrote it."""
+    quote = connection.ops.quote_name
+    history = type(row).history.model  # type: ignore[attr-defined]
+    meta = history._meta
+    user = _HISTORY_DEFAULTS.get_history_user(row)
+    extra = [
+        (meta.get_field("history_date"), getattr(row, "_history_date", timezone.now())),
+        (meta.get_field("history_type"), history_type),
+        (meta.get_field("history_user"), user.pk if user is not None else None),
+        (
+            meta.get_field("history_change_reason"),
+            _HISTORY_DEFAULTS.get_change_reason_for_object(row, history_type, None),
+        ),
+    ]
+    columns = ", ".join(quote(field.column) for field in history.tracked_fields)
+    slots = ", ".join(f"CAST(%s AS {slot.db_type(connection)})" for slot, _ in extra)
+    targets = ", ".join(quote(slot.column) for slot, _ in extra)
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} ({columns}, {targets})"  # noqa: S608 (names from the models)
+        f" SELECT {columns}, {slots} FROM {source}"
+    )
+    return sql, [slot.get_db_prep_save(value, connection) for slot, value in extra]
+
+
+def _update_with_history(row: Model, fields: list[str]) -> None:
+    """save(update_fields=fields) and the history row simple_history's post_save writes for
+    it ("~"), in one statement on PostgreSQL (UPDATE … RETURNING * feeding the history
+    INSERT … SELECT); save() elsewhere."""
+    if connection.vendor != "postgresql":
+        row.save(update_fields=fields)
+        return
+    meta = row._meta
+    names = set(fields)
+    query = UpdateQuery(type(row))
+    query.add_update_fields(
+        [
+            (field, None, field.pre_save(row, False))
+            for field in meta.local_concrete_fields
+            if field.name in names or field.attname in names
+        ]
+    )
+    query.add_q(Q(pk=row.pk))
+    update_sql, update_params = query.get_compiler(connection=connection).as_sql()
+    history_sql, history_params = _history_from(row, "u", "~")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH u AS ({update_sql} RETURNING *) {history_sql}",
+            [*update_params, *history_params],
+        )
+        if cursor.rowcount != 1:  # what save() says of a row that is not there
+            raise DatabaseError("Save with update_fields did not affect any rows.")
 
 
 def _check_submission(access: Access, checkpoint: Checkpoint, data: ProposalInput) -> None:

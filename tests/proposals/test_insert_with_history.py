@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import time_machine
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Model
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -95,3 +95,33 @@ def test_a_submit_answers_with_the_revision_it_wrote(world: Any) -> None:
     assert revision.pk == Revision.objects.get(proposal=proposal).pk
     assert Proposal.history.filter(id=proposal.pk).count() >= 1
     assert Revision.history.filter(id=revision.pk).count() == 1
+
+
+@time_machine.travel("2026-11-30 12:00:00+00:00", tick=False)
+def test_one_statement_updates_as_save_with_update_fields_and_its_history(world: Any) -> None:
+    """As `transition` calls it: the proposal is locked, so the fields it does not write hold
+    what is stored (the history row copies the stored row, save()'s the instance)."""
+    twins = [_twin(world, title="t", idempotency_key=key) for key in ("k1", "k2")]
+    for proposal, revision in twins:
+        services._insert_with_history(proposal, revision)
+    (by_save, _), (by_statement, _) = twins
+    fields = ["status", "resolution", "decided_at", "approved_payload", "updated_at"]
+    for proposal in (by_save, by_statement):
+        proposal.status, proposal.resolution = "approved", "policy"
+        proposal.decided_at = proposal.updated_at = timezone.now()
+        proposal.approved_payload = {"amount": 1e16, "x": [True]}
+        proposal._history_user = world.reviewer  # type: ignore[attr-defined]
+    with transaction.atomic():
+        by_save.save(update_fields=fields)
+    with transaction.atomic(), CaptureQueriesContext(connection) as statements:
+        services._update_with_history(by_statement, fields)
+    assert len(statements) == 1
+    assert _stored(by_statement) == _stored(by_save)
+    changed = Proposal.history.filter(id=by_statement.pk, history_type="~").get()
+    assert (changed.history_user_id, changed.status) == (world.reviewer.pk, "approved")
+
+
+def test_an_update_of_a_missing_row_fails_as_save_does(world: Any) -> None:
+    proposal, _ = _twin(world, title="t", idempotency_key="k")
+    with pytest.raises(DatabaseError, match="did not affect any rows"), transaction.atomic():
+        services._update_with_history(proposal, ["title"])
