@@ -21,6 +21,11 @@ import rfc8785
 _EXACT_INT = 2**53 - 1
 # The C encoder and `rfc8785` run out of stack at different depths; within this, neither does.
 _MAX_DEPTH = 64
+# One encoder for every call: json.dumps with options builds a new one each time. No cycle check:
+# a cyclic value is deeper than _MAX_DEPTH, so never reaches it.
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False
+)
 
 
 def jcs_bytes(value: Any) -> bytes:
@@ -30,7 +35,7 @@ def jcs_bytes(value: Any) -> bytes:
     except RecursionError:
         plain = False
     if plain:
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        text = _ENCODER.encode(value)
         try:
             return text.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate, which _utf8 rewrites
@@ -45,21 +50,31 @@ def _is_plain(value: Any, depth: int) -> bool:
     U+D800 on: JCS sorts keys by UTF-16 code units, Python by code points, and the two orders
     differ only there (astral chars are surrogate pairs, below U+E000..U+FFFF in UTF-16)."""
     kind = type(value)
-    if kind is str or kind is bool or value is None:
-        return True
-    if kind is int:
-        return -_EXACT_INT <= value <= _EXACT_INT
-    if depth == 0:
-        return False
     if kind is dict:
+        if depth == 0:
+            return False
         for key, item in value.items():
             if type(key) is not str or not (key.isascii() or max(key) < "\ud800"):
+                return False
+            # Scalars inline: a call per value was most of this walk's cost.
+            kind = type(item)
+            if kind is str or item is None or kind is bool:
+                continue
+            if kind is int:
+                if -_EXACT_INT <= item <= _EXACT_INT:
+                    continue
                 return False
             if not _is_plain(item, depth - 1):
                 return False
         return True
     if kind is list or kind is tuple:
+        if depth == 0:
+            return False
         return all(_is_plain(item, depth - 1) for item in value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return -_EXACT_INT <= value <= _EXACT_INT
     return False
 
 
