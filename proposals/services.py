@@ -12,6 +12,7 @@ chain lock therefore never waits on a proposal row, and appenders cannot deadloc
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from collections.abc import Callable
@@ -524,27 +525,38 @@ def _history_from(row: Model, source: str, history_type: str) -> tuple[str, list
     """INSERT … SELECT of the history row simple_history's post_save writes for `row` (every
     tracked field, as stored; its user, date and change reason), from `source`: the row as
     an INSERT or UPDATE … RETURNING * just wrote it."""
-    quote = connection.ops.quote_name
-    history = type(row).history.model  # type: ignore[attr-defined]
-    meta = history._meta
+    sql, extra = _history_insert(type(row), source)
     user = _HISTORY_DEFAULTS.get_history_user(row)
-    extra = [
-        (meta.get_field("history_date"), getattr(row, "_history_date", timezone.now())),
-        (meta.get_field("history_type"), history_type),
-        (meta.get_field("history_user"), user.pk if user is not None else None),
-        (
-            meta.get_field("history_change_reason"),
-            _HISTORY_DEFAULTS.get_change_reason_for_object(row, history_type, None),
-        ),
+    values = (
+        getattr(row, "_history_date", timezone.now()),
+        history_type,
+        user.pk if user is not None else None,
+        _HISTORY_DEFAULTS.get_change_reason_for_object(row, history_type, None),
+    )
+    return sql, [
+        slot.get_db_prep_save(value, connection) for slot, value in zip(extra, values, strict=True)
     ]
+
+
+@functools.cache
+def _history_insert(model: type[Model], source: str) -> tuple[str, tuple[Any, ...]]:
+    """The statement _history_from fills in, per model (`Model.history` builds a manager
+    class at every access), and the history fields its parameters go to, in order."""
+    quote = connection.ops.quote_name
+    history = model.history.model  # type: ignore[attr-defined]
+    meta = history._meta
+    extra = tuple(
+        meta.get_field(name)
+        for name in ("history_date", "history_type", "history_user", "history_change_reason")
+    )
     columns = ", ".join(quote(field.column) for field in history.tracked_fields)
-    slots = ", ".join(f"CAST(%s AS {slot.db_type(connection)})" for slot, _ in extra)
-    targets = ", ".join(quote(slot.column) for slot, _ in extra)
+    slots = ", ".join(f"CAST(%s AS {slot.db_type(connection)})" for slot in extra)
+    targets = ", ".join(quote(slot.column) for slot in extra)
     sql = (
         f"INSERT INTO {quote(meta.db_table)} ({columns}, {targets})"  # noqa: S608 (names from the models)
         f" SELECT {columns}, {slots} FROM {source}"
     )
-    return sql, [slot.get_db_prep_save(value, connection) for slot, value in extra]
+    return sql, extra
 
 
 def _update_with_history(row: Model, fields: list[str]) -> None:
