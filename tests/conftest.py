@@ -3,6 +3,7 @@ the way integrators and reviewers do (bearer keys)."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,20 @@ def client_for() -> Any:
         return client
 
     return make
+
+
+@pytest.fixture
+def private_rights_version(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A rights version of this test's own, and the process's rights caches empty before and
+    after: other processes on the shared Redis move the real version at any moment, and the
+    reload of the caller's rights that follows would blur a test's statement counts."""
+    from notifications import live
+    from proposals.permissions import forget_rights
+
+    monkeypatch.setattr(live, "RIGHTS_VERSION_KEY", f"test-rights-{uuid.uuid4().hex}")
+    forget_rights()
+    yield
+    forget_rights()
 
 
 @pytest.fixture(scope="session", autouse=True)

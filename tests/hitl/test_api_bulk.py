@@ -4,7 +4,6 @@ answer is rendered from what was written yet says what a fresh read says."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
@@ -14,8 +13,6 @@ from django.test.utils import CaptureQueriesContext
 from audit.models import AuditEvent
 from audit.services import audit_verify
 from hitl.api import views
-from notifications import live
-from proposals.permissions import forget_rights
 
 pytestmark = pytest.mark.django_db
 
@@ -24,13 +21,8 @@ BULK = f"{API}/proposals/bulk/"
 
 
 @pytest.fixture(autouse=True)
-def _fresh_key_cache(monkeypatch: pytest.MonkeyPatch) -> Any:
-    # A rights version of this test's own: other processes on the shared Redis move the real
-    # one at any moment, and a reload of the caller's rights would blur the statement counts.
-    monkeypatch.setattr(live, "RIGHTS_VERSION_KEY", f"test-rights-{uuid.uuid4().hex}")
-    forget_rights()
-    yield
-    forget_rights()
+def _fresh_key_cache(private_rights_version: None) -> None:
+    """Statement counts without another process's rights change in the middle."""
 
 
 def _items(world: Any, n: int, **extra: Any) -> list[dict[str, Any]]:

@@ -5,7 +5,6 @@ was written, the relay kick without a result backend) keep their guarantees."""
 from __future__ import annotations
 
 import threading
-import uuid
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ from rest_framework.test import APIClient
 from hitl.keys import api_key_create, api_key_revoke
 from hitl.models import ApiKey
 from notifications import live, tasks
-from proposals.permissions import REVIEW, forget_rights
+from proposals.permissions import REVIEW
 from tests.factories import submit
 from tests.notifications.conftest import celery_broker, unique_queue
 
@@ -206,13 +205,8 @@ def test_relay_kick_builds_no_result_backend_per_thread(settings):
 
 
 @pytest.fixture(autouse=True)
-def _fresh_key_cache(monkeypatch: pytest.MonkeyPatch) -> Any:
-    # A rights version of this test's own: other processes on the shared Redis change rights
-    # (and move the real one) at any moment, which would make the budgets flaky.
-    monkeypatch.setattr(live, "RIGHTS_VERSION_KEY", f"test-rights-{uuid.uuid4().hex}")
-    forget_rights()
-    yield
-    forget_rights()
+def _fresh_key_cache(private_rights_version: None) -> None:
+    """Statement counts without another process's rights change in the middle."""
 
 
 # --- bulk ----------------------------------------------------------------------------------
