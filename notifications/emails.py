@@ -117,14 +117,20 @@ def _item(user: Any, proposal: Proposal) -> dict[str, Any]:
     }
 
 
-def queue_new_work(proposal: Proposal, users: list[Any]) -> int:
-    """Note new work for each reviewer's next digest."""
+def queue_new_work(work: list[tuple[Proposal, list[Any]]]) -> int:
+    """Note new work for each reviewer's next digest: (proposal, its reviewers) pairs, a
+    relay batch's worth, in one INSERT."""
     now = timezone.now()
+    notices = [
+        EmailNotice(user=user, proposal=proposal, created_at=now)
+        for proposal, users in work
+        for user in users
+    ]
     EmailNotice.objects.bulk_create(
-        [EmailNotice(user=user, proposal=proposal, created_at=now) for user in users],
+        notices,
         ignore_conflicts=True,  # already waiting in that reviewer's next digest
     )
-    return len(users)
+    return len(notices)
 
 
 def send_due_digests() -> int:

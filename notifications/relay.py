@@ -1,8 +1,9 @@
 """The outbox relay: turns committed OutboxEvent rows into deliveries.
 
-Kicked on commit of every transaction that wrote events (notifications.services), and run by
-beat every HITL_RELAY_INTERVAL_SECONDS as a safety net, so an event whose kick was lost (crash
-between commit and send, broker down) is relayed on the next pass. Batches are claimed with
+Kicked on commit of every transaction that wrote events (notifications.services; a burst of
+commits shares one queued run, notifications.tasks.kick_relay), and run by beat every
+HITL_RELAY_INTERVAL_SECONDS as a safety net, so an event whose kick was lost (crash between
+commit and send, broker down) is relayed on the next pass. Batches are claimed with
 SKIP LOCKED: several relays split the work. Delivery is at-least-once; consumers dedupe by the
 event id (webhook-id, websocket `id`).
 """
@@ -82,6 +83,10 @@ def relay_batch(limit: int = BATCH_SIZE) -> int:
         delivery_ids = [d.pk for d in webhooks.plan_deliveries(events, endpoints)]
         email_event_ids: list[Any] = []
         messages: list[tuple[str, live.LiveMessage]] = []
+        # A burst of submits to one checkpoint by one agent asks the same question per event:
+        # answered once per batch (one transaction, so the same answer).
+        reviewers_of: dict[tuple[int, int | None], list[Any]] = {}
+        new_work: list[tuple[Any, list[Any]]] = []
         for event in events:
             messages += _live_messages(event)
             proposal = event.proposal
@@ -90,15 +95,21 @@ def relay_batch(limit: int = BATCH_SIZE) -> int:
             # The proposal's status now, not the event's: a submission that policy approved
             # in the same transaction announced itself as pending first.
             if event.topic in NEW_WORK_TOPICS and proposal.status == "pending":
-                reviewers = eligible_reviewers(
-                    proposal.checkpoint, exclude_user_id=proposal.submitted_by_id
-                )
-                emails.queue_new_work(proposal, list(reviewers))
+                asked = (proposal.checkpoint_id, proposal.submitted_by_id)
+                if asked not in reviewers_of:
+                    reviewers_of[asked] = list(
+                        eligible_reviewers(
+                            proposal.checkpoint, exclude_user_id=proposal.submitted_by_id
+                        )
+                    )
+                new_work.append((proposal, reviewers_of[asked]))
             elif event.topic in RECIPIENTS_AT_SEND_TOPICS or (
                 event.topic in DECISION_EMAIL_TOPICS
                 and emails.decision_recipient(proposal) is not None
             ):
                 email_event_ids.append(event.pk)
+        if new_work:
+            emails.queue_new_work(new_work)
         OutboxEvent.objects.filter(pk__in=[e.pk for e in events]).update(
             dispatched_at=timezone.now()
         )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import shared_task
 from celery.app.task import Task
+from django.db import connection
 
 from notifications import emails, relay, webhooks
 from notifications.models import OutboxEvent
@@ -34,13 +37,7 @@ def enqueue(task: Task, *args: Any) -> bool:
     process-wide producer pool; the broker's bounded-publish options (redis_clients) keep a
     down broker from holding the caller."""
     try:
-        task.app.send_task(
-            task.name,
-            args=args,
-            retry=False,
-            ignore_result=True,
-            result_cls=_Sent,  # type: ignore[arg-type]  # duck-typed: Celery only sets .ignored
-        )
+        _send(task, *args)
     except Exception:
         logger.warning(
             "could not enqueue %s%r; the periodic sweep will retry", task.name, args, exc_info=True
@@ -49,12 +46,75 @@ def enqueue(task: Task, *args: Any) -> bool:
     return True
 
 
+def _send(task: Task, *args: Any, producer: Any = None) -> None:
+    task.app.send_task(
+        task.name,
+        args=args,
+        producer=producer,
+        retry=False,
+        ignore_result=True,
+        result_cls=_Sent,  # type: ignore[arg-type]  # duck-typed: Celery only sets .ignored
+    )
+
+
+# A burst of commits shares one relay run: while a relay_outbox message waits in the broker
+# (not yet started), a flag beside it says so and further kicks publish nothing; that run
+# reads their events, since it clears the flag before it reads the outbox. The flag expires
+# on its own in case its message is lost (the beat's periodic relay covers that too).
+RELAY_PENDING_SECONDS = 10
+
+
+def _relay_pending_key() -> str:
+    """Per database and per queue the relay is routed to: what "a run is on its way" means
+    (tests route tasks to a queue of their own, several test databases share one Redis)."""
+    app: Any = relay_outbox.app  # (celery's stubs lack amqp.router)
+    queue = app.amqp.router.route({}, relay_outbox.name)["queue"].name
+    return f"nihil:relay-pending:{connection.settings_dict['NAME']}:{queue}"
+
+
+@contextmanager
+def _broker_client() -> Iterator[tuple[Any, Any]]:
+    """A producer from the app's pool and a Redis client on its broker connection."""
+    app: Any = relay_outbox.app  # (celery's stubs miss FallbackContext's context manager)
+    with app.producer_or_acquire() as producer, producer.channel.conn_or_acquire() as client:
+        yield producer, client
+
+
 def kick_relay() -> None:
-    enqueue(relay_outbox)
+    """After a commit that wrote outbox events: make sure a relay run is on its way. The flag
+    lives in the broker's Redis (SET NX on the publishing connection), so it is set where its
+    message is queued and a broker that is down costs one bounded failure, not two. A kick
+    that fails only logs, as before: the beat's periodic relay picks the events up."""
+    try:
+        with _broker_client() as (producer, client):
+            key = _relay_pending_key()
+            if not client.set(key, 1, nx=True, ex=RELAY_PENDING_SECONDS):
+                return  # a run not yet started will read this commit's events
+            try:
+                _send(relay_outbox, producer=producer)
+            except Exception:
+                client.delete(key)  # no run is on its way after all: the next commit kicks
+                raise
+    except Exception:
+        logger.warning(
+            "could not kick the relay; the periodic relay will pick the events up", exc_info=True
+        )
+
+
+def _relay_no_longer_pending() -> None:
+    """Before a run reads the outbox: from here on a commit finds no flag and kicks another
+    run, so an event committed during this one is never left behind. If the broker cannot be
+    reached, the flag expires within RELAY_PENDING_SECONDS."""
+    try:
+        with _broker_client() as (_, client):
+            client.delete(_relay_pending_key())
+    except Exception:
+        logger.warning("could not clear the relay-pending flag; it expires", exc_info=True)
 
 
 @shared_task(name="notifications.tasks.relay_outbox", ignore_result=True)
 def relay_outbox() -> int:
+    _relay_no_longer_pending()
     return relay.relay_all()
 
 
