@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,15 +26,18 @@ import pytest
 import redis
 from django.conf import settings
 
-ROOT = Path(__file__).resolve().parents[2]
-VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+from bench.processes import (
+    PYTHON,
+    REDIS_READY,
+    WORKER_READY,
+    Proc,
+    free_port,
+    inherited_environ,
+    postgres_url,
+    redis_server_args,
+)
+
 LOOPBACK = ["127.0.0.0/8"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.05) -> Any:
@@ -186,49 +188,27 @@ class RedisServer:
     def __init__(self) -> None:
         self.port = free_port()
         assert self.port != 6379
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None  # for SIGSTOP/SIGCONT in the tests
+        self._server: Proc | None = None
+        self._dir = tempfile.TemporaryDirectory(prefix="nihil-redis-")
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     def start(self) -> None:
-        assert self.proc is None
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        assert self._server is None
+        directory = Path(self._dir.name)
+        self._server = Proc(
+            redis_server_args(self.port, directory), inherited_environ(), directory / "redis.log"
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-
-        def up() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.exceptions.ConnectionError:
-                return False
-
-        assert wait_for(up, timeout=10), "private redis-server did not start"
-        client.close()
+        self._server.wait_for(REDIS_READY, timeout=10)
+        self.proc = self._server.popen
 
     def stop(self) -> None:
-        if self.proc is None:
+        if self._server is None:
             return
-        self.proc.terminate()  # SIGTERM: redis exits without saving (--save "")
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
+        self._server.stop(timeout=10)  # SIGTERM: redis exits without saving (--save "")
+        self._server = self.proc = None
 
 
 @pytest.fixture
@@ -319,67 +299,51 @@ class Worker:
         self.redis_url = redis_url
         database = settings.DATABASES["default"]
         self.env = {
-            **os.environ,
+            **inherited_environ(),
             "DJANGO_SETTINGS_MODULE": "config.settings.test",
-            "DATABASE_URL": (
-                f"postgres://{database['USER'] or 'postgres'}@{database['HOST'] or '127.0.0.1'}"
-                f":{database['PORT'] or 5432}/{database['NAME']}"
+            "DATABASE_URL": postgres_url(
+                user=database["USER"] or "postgres",
+                password=database.get("PASSWORD") or "",
+                host=database["HOST"] or "127.0.0.1",
+                port=database["PORT"] or 5432,
+                name=database["NAME"],
             ),
             "REDIS_URL": redis_url,
             "PYTHONUNBUFFERED": "1",
             "CELERY_TASK_LOG_LEVEL": "INFO",
             **(extra_env or {}),
         }
-        if database.get("PASSWORD"):
-            self.env["PGPASSWORD"] = database["PASSWORD"]
-        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
-            prefix="nihil-worker-", suffix=".log", delete=False
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_dir = tempfile.mkdtemp(prefix="nihil-worker-")
+        self.proc: Proc | None = None
 
     def output(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
+        return self.proc.output() if self.proc is not None else ""
 
     def start(self, timeout: float = 30) -> None:
-        self.proc = subprocess.Popen(
-            [str(VENV_PYTHON), "-c", WORKER_SCRIPT, self.queue],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the prefork child goes with it
+        self.proc = Proc(
+            [PYTHON, "-c", WORKER_SCRIPT, self.queue],
+            self.env,
+            Path(self._log_dir) / f"{self.queue}.log",
         )
-        ready = wait_for(
-            lambda: " ready." in self.output() or self.proc.poll() is not None,  # type: ignore[union-attr]
-            timeout=timeout,
-            interval=0.1,
-        )
-        if not ready or self.proc.poll() is not None:
+        try:
+            self.proc.wait_for(WORKER_READY, timeout=timeout)
+        except RuntimeError as exc:
             self.stop()
-            pytest.fail(f"celery worker did not start:\n{self.output()[-4000:]}")
+            pytest.fail(f"celery worker did not start: {exc}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.proc = None
-        self.log.close()
+        if self.proc is not None:
+            self.proc.stop(timeout=15)  # warm shutdown, then SIGKILL for its whole session
         # Our queue is ours alone: leave nothing behind in the shared Redis.
         with contextlib.suppress(redis.exceptions.RedisError):
             client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1)
             client.delete(self.queue, f"_kombu.binding.{self.queue}")
             client.close()
         if os.environ.get("KEEP_WORKER_LOGS") is None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.log.name)
-        else:
-            sys.stderr.write(f"worker log kept at {self.log.name}\n")
+            shutil.rmtree(self._log_dir, ignore_errors=True)
+        elif self.proc is not None:
+            sys.stderr.write(f"worker log kept at {self.proc.log_path}\n")
+        self.proc = None
 
 
 @pytest.fixture
