@@ -4,14 +4,18 @@ A verified key is remembered in this process for a few seconds (HITL_AUTH_CACHE_
 together with its user's grants (`Access`), so an agent's stream of calls costs one dictionary
 lookup instead of a key, user and grants read on every call. It is a
 `proposals.permissions.RightsCache`, dropped:
-- at once, in this process, by any change to who may do what (a key saved or deleted, a user
-  saved, a grant or group membership changed, a checkpoint created or deleted): the receivers
-  below fire inside the changing transaction, before anyone could use the old rights again;
-- in every other process, when the rights version (notifications.live, bumped after the commit
-  of those same changes) has moved: one small Redis read per request;
+- at once, in this process, by any change to who may do what (notifications.live
+  `rights_changed`, fired inside the changing transaction, before anyone could use the old
+  rights again);
+- in every other process, when the rights version (bumped by the same hook after the commit of
+  those changes) has moved: read once per request;
 - after HITL_AUTH_CACHE_SECONDS in any case (changes no signal sees: a raw UPDATE).
 The `Access` carries the version it was read under, so facts derived from it later in the
 request (a checkpoint's electorate) are remembered under the same rules.
+
+The per-request Redis work is one round trip: the rights-version read, and, when the key is
+remembered under the version this process last saw, the rate limit's count
+(hitl.api.throttling), in one Lua script that counts only if that version still holds.
 When Redis cannot be read, nothing is trusted and every call authenticates against the
 database, as before (the rate limit's breaker keeps a frozen Redis from costing a timeout on
 every request).
@@ -30,8 +34,9 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
 
+from hitl.cache import cached_value, read_then_count
 from hitl.keys import api_key_authenticate, api_key_touch
-from proposals.permissions import Access, RightsCache, access_for, forget_rights
+from proposals.permissions import Access, RightsCache, access_for
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -49,18 +54,39 @@ class _Entry:
 key_cache: RightsCache[str, _Entry] = RightsCache()
 
 
-def _rights_version() -> str | None:
-    """The rights version to read cached entries under; None when it cannot be trusted."""
-    from hitl.api.throttling import breaker, cache_failed
+# The rights version this process read last, raw (as Redis holds it) and as a cache key.
+_last_seen: tuple[bytes, str] = (b"", "")
+
+
+def _rights_and_entry(request: Request, token_id: str) -> tuple[str | None, _Entry | None]:
+    """The rights version to read cached entries under (None when it cannot be trusted), and
+    the entry remembered for this token if it still holds, its request counted already."""
+    global _last_seen
+    from hitl.api import throttling
     from notifications import live
 
-    if breaker.open():
-        return None
-    version = live.rights_version()
-    if isinstance(version, live.RightsUnknown):
-        cache_failed()  # one timeout on a frozen Redis, then none for a while
-        return None
-    return version or ""  # "": no change published yet, a version like any other
+    if throttling.breaker.open():
+        return None, None
+    raw, rights = _last_seen
+    entry = key_cache.get(token_id, rights)
+    expires_at = entry.api_key.expires_at if entry is not None else None
+    if expires_at is not None and expires_at <= timezone.now():
+        entry = None  # expired since it was remembered: the database says so, as for any key
+    counters = throttling.counters_for(request, entry.user) if entry is not None else []
+    try:
+        current, counts = read_then_count(
+            live.RIGHTS_VERSION_KEY, raw, [(c.name, c.seconds) for c in counters]
+        )
+    except Exception:  # the cache backend's connection errors vary by client library
+        throttling.cache_failed()  # one timeout on a frozen Redis, then none for a while
+        return None, None
+    if counts is None:  # the version moved: nothing remembered under the old one holds
+        version = cached_value(current)
+        _last_seen = (current, "" if version is None else str(version))  # "": none published
+        return _last_seen[1], None
+    if entry is not None:
+        throttling.counted(request, counters, counts)
+    return rights, entry
 
 
 class BearerTokenAuthentication(BaseAuthentication):
@@ -77,10 +103,8 @@ class BearerTokenAuthentication(BaseAuthentication):
         except UnicodeError:
             raise exceptions.AuthenticationFailed("Malformed token.") from None
         token_id = hashlib.sha256(token.encode()).hexdigest()
-        rights = _rights_version()
-        entry = key_cache.get(token_id, rights)
-        expires_at = entry.api_key.expires_at if entry is not None else None
-        if entry is not None and (expires_at is None or expires_at > timezone.now()):
+        rights, entry = _rights_and_entry(request, token_id)
+        if entry is not None:
             api_key_touch(entry.api_key)
             # Copies: a request may set attributes on its user; the cached one stays clean.
             return self._authenticated(
@@ -106,44 +130,6 @@ class BearerTokenAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return f'{self.keyword} realm="api"'
-
-
-def connect_cache_signals() -> None:
-    """The changes that drop the caches: the ones that move the rights version
-    (notifications.live), plus checkpoints (a grant on every checkpoint covers new ones, and
-    the intake remembers checkpoint rows: hitl.api.views)."""
-    from django.contrib.auth import get_user_model
-    from django.contrib.auth.models import Group
-    from django.db.models.signals import m2m_changed, post_delete, post_save
-    from guardian.models import GroupObjectPermission, UserObjectPermission
-
-    from hitl.models import ApiKey
-    from notifications import live
-    from proposals.models import Checkpoint
-
-    User = get_user_model()
-    uid = "hitl-auth-cache"
-    for model in (UserObjectPermission, GroupObjectPermission, ApiKey, User, Group, Checkpoint):
-        post_save.connect(forget_rights, sender=model, dispatch_uid=f"{uid}-s-{model}")
-        post_delete.connect(forget_rights, sender=model, dispatch_uid=f"{uid}-d-{model}")
-    for through in (
-        User.groups.through,  # type: ignore[attr-defined]
-        User.user_permissions.through,  # type: ignore[attr-defined]
-        Group.permissions.through,
-    ):
-        m2m_changed.connect(forget_rights, sender=through, dispatch_uid=f"{uid}-m-{through}")
-
-    def checkpoint_changed(**kwargs: Any) -> None:
-        # Other processes' entries too: a new checkpoint is "every checkpoint" for some users,
-        # and a changed one (policy, bypass) must not be served from a remembered row.
-        live.rights_changed()
-
-    post_save.connect(checkpoint_changed, sender=Checkpoint, dispatch_uid=f"{uid}-cp")
-    post_delete.connect(checkpoint_changed, sender=Checkpoint, dispatch_uid=f"{uid}-cpd")
-
-
-# Connected when the cache comes into being: before this module is imported it holds nothing.
-connect_cache_signals()
 
 
 class BearerTokenScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]

@@ -502,15 +502,17 @@ class _HandshakeCache:
 handshakes = _HandshakeCache()
 
 
-# --- rights changes reach open sockets -------------------------------------------------------
+# --- rights changes reach open sockets and every process's caches -----------------------------
 #
 # A socket is authorized once, at connect; what its user may see can shrink while it stays
 # open (a grant removed, the user deactivated, the API key revoked, a session logged out).
 # Every change to who-may-see-what writes a new token under one cache key, after its commit;
 # consumers read that key before each message they send (one Redis GET) and, when it moved,
-# re-check the socket against the database before sending anything. Rights change rarely, so
-# a single global version costs one re-check per socket per change, and no change site can
-# forget to call anything: the signals below cover the admin, guardian, the ORM and the shell.
+# re-check the socket against the database before sending anything. The API reads the same
+# key once per request (hitl.authentication) to know whether the keys and grants it remembers
+# still hold. Rights change rarely, so a single global version costs one re-check per socket
+# per change, and no change site can forget to call anything: the signals below cover the
+# admin, guardian, the ORM and the shell.
 
 RIGHTS_VERSION_KEY = "hitl:ws-rights-version"
 
@@ -543,8 +545,15 @@ def _write_rights_version() -> None:
 
 
 def rights_changed(**_: Any) -> None:
-    """A signal receiver: publish after commit, so a socket that re-checks at once reads the
-    new state, never the old one under the new version."""
+    """The one receiver of every change to who may do what (`connect_rights_signals`).
+
+    At once, inside the changing transaction, this process forgets every fact derived from
+    rights (proposals.permissions.RightsCache: the API key cache, remembered checkpoints and
+    electorates). After commit the rights version moves, so other processes' caches and every
+    open socket re-check and read the new state, never the old one under the new version."""
+    from proposals.permissions import forget_rights
+
+    forget_rights()
     transaction.on_commit(_write_rights_version)
 
 
@@ -555,28 +564,30 @@ def _user_saved(update_fields: Any = None, **kwargs: Any) -> None:
 
 
 def _key_saved(created: bool = False, **kwargs: Any) -> None:
-    if not created:  # a new key takes nothing from any open socket
+    if not created:  # a new key is in no cache and takes nothing from any open socket
         rights_changed()
 
 
 def connect_rights_signals() -> None:
+    """The one list of changes to who may do what: grants, keys, users, groups and their
+    memberships and permissions, logouts, and checkpoints (a grant on every checkpoint covers
+    a new one; the submit path remembers checkpoint rows, policy and bypass included)."""
     from django.contrib.auth import get_user_model, user_logged_out
     from django.contrib.auth.models import Group
     from django.db.models.signals import m2m_changed, post_delete, post_save
     from guardian.models import GroupObjectPermission, UserObjectPermission
 
     from hitl.models import ApiKey
+    from proposals.models import Checkpoint
 
     User = get_user_model()
-    uid = "hitl-ws-rights"
-    saved: list[type[Any]] = [UserObjectPermission, GroupObjectPermission, ApiKey]
-    for model in saved[:2]:
+    uid = "hitl-rights"
+    for model in (UserObjectPermission, GroupObjectPermission, Checkpoint):
         post_save.connect(rights_changed, sender=model, dispatch_uid=f"{uid}-save-{model}")
     post_save.connect(_key_saved, sender=ApiKey, dispatch_uid=f"{uid}-key")
-    deleted: list[type[Any]] = [*saved, User, Group]
-    for model in deleted:
-        post_delete.connect(rights_changed, sender=model, dispatch_uid=f"{uid}-del-{model}")
     post_save.connect(_user_saved, sender=User, dispatch_uid=f"{uid}-user")
+    for deleted in (UserObjectPermission, GroupObjectPermission, Checkpoint, ApiKey, User, Group):
+        post_delete.connect(rights_changed, sender=deleted, dispatch_uid=f"{uid}-del-{deleted}")
     for through in (
         User.groups.through,  # type: ignore[attr-defined]
         User.user_permissions.through,  # type: ignore[attr-defined]

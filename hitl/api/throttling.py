@@ -7,6 +7,10 @@ every request's time in the window, read, unpickled, pickled and written back wh
 request (two round trips, and a 6,000-entry list at the default user rate). The price of the
 fixed window: a caller may spend one window's allowance at its end and the next one's at the
 start of the next, up to twice the rate across a boundary.
+
+A request authenticated by a remembered API key is counted by the authentication, in the same
+round trip as its rights-version read (`counters_for`, hitl.authentication); the throttles
+then use that count instead of asking Redis again.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import logging
 import math
 import threading
 import time
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
@@ -67,6 +73,17 @@ class _FailOpen:
             return True
 
 
+@dataclass(frozen=True)
+class Counter:
+    """One throttle's counter for one request: `key` names the caller and scope (the
+    throttle's cache key), `name` the counter of the window `now` falls in."""
+
+    key: str
+    name: str
+    seconds: int
+    now: float
+
+
 class _FixedWindow:
     """SimpleRateThrottle's rate, scope, key and settings, counted per fixed window."""
 
@@ -75,16 +92,21 @@ class _FixedWindow:
     duration: int
     timer: Any
 
+    def counter(self, key: str, now: float) -> Counter:
+        return Counter(key, f"{key}:{int(now // self.duration)}", self.duration, now)
+
     def allow_request(self, request: Any, view: Any) -> bool:
         if self.rate is None:
             return True
         key = self.get_cache_key(request, view)  # type: ignore[attr-defined]
         if key is None:
             return True
-        now = self.timer()
-        window = int(now // self.duration)
-        self.wait_seconds = (window + 1) * self.duration - now
-        return count_in_window(f"{key}:{window}", self.duration) <= self.num_requests
+        precounted = getattr(getattr(request, "_request", None), "hitl_counted", {}).pop(key, None)
+        counter, count = precounted or (self.counter(key, self.timer()), None)
+        self.wait_seconds = (counter.now // counter.seconds + 1) * counter.seconds - counter.now
+        if count is None:
+            count = count_in_window(counter.name, counter.seconds)
+        return bool(count <= self.num_requests)
 
     def wait(self) -> float:
         """Retry-After: until this window ends, in whole seconds (at least one)."""
@@ -97,3 +119,28 @@ class AnonThrottle(_FailOpen, _FixedWindow, AnonRateThrottle):
 
 class UserThrottle(_FailOpen, _FixedWindow, UserRateThrottle):
     pass
+
+
+def counters_for(request: Any, user: Any) -> list[Counter]:
+    """The counters the throttles of the request's view would add one to, were `user` its
+    caller. Asked by the authentication before `request.user` exists, so the throttles find
+    their key on a stand-in that has the user and the request's headers (what DRF's rate
+    throttles key on)."""
+    view = (request.parser_context or {}).get("view")
+    if view is None or breaker.open():
+        return []
+    caller = SimpleNamespace(user=user, META=request._request.META)
+    counters = []
+    for throttle in view.get_throttles():
+        if isinstance(throttle, _FixedWindow) and throttle.rate is not None:
+            key = throttle.get_cache_key(caller, view)  # type: ignore[attr-defined]
+            if key is not None:
+                counters.append(throttle.counter(key, throttle.timer()))
+    return counters
+
+
+def counted(request: Any, counters: list[Counter], counts: list[int]) -> None:
+    """Counted already: the throttles take these counts (and their windows) from the request."""
+    request._request.hitl_counted = {
+        counter.key: (counter, count) for counter, count in zip(counters, counts, strict=True)
+    }

@@ -1,19 +1,24 @@
 """The API rate limit: one Redis counter per caller and fixed window, counted in one round
-trip, refusing with 429 and a Retry-After that points at the window's end."""
+trip (for a remembered API key, the same round trip as the rights-version read), refusing with
+429 and a Retry-After that points at the window's end."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import AnonymousUser
 from django.core.cache import cache
+from redis.connection import AbstractConnection
 from rest_framework.request import Request
 from rest_framework.test import APIClient, APIRequestFactory
 
 from hitl.api import throttling
 from hitl.api.throttling import AnonThrottle, UserThrottle
+from notifications import live
 from tests.factories import token_for
 
 pytestmark = pytest.mark.django_db
@@ -88,3 +93,57 @@ def test_the_counter_is_one_integer_that_expires_with_its_window(
     redis = cache._cache.get_client(counter)  # type: ignore[attr-defined]
     assert redis.get(counter) == b"2"
     assert 0 < redis.ttl(counter) <= 60
+
+
+def _counter_value(user: Any) -> bytes | None:
+    key = UserThrottle.cache_format % {"scope": "user", "ident": user.pk}
+    counter = cache.make_and_validate_key(f"{key}:{WINDOW_START // 60}")
+    value: bytes | None = cache._cache.get_client(counter).get(counter)  # type: ignore[attr-defined]
+    return value
+
+
+@contextmanager
+def redis_round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
+    """Every round trip to Redis (one send of one or more commands), by its first command."""
+    trips: list[bytes] = []
+    send = AbstractConnection.send_packed_command
+
+    def counting(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        first = command[0] if isinstance(command, list) else command
+        trips.append(bytes(first).split(b"\r\n")[2])
+        send(self, command, check_health)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(AbstractConnection, "send_packed_command", counting)
+        yield trips
+
+
+def test_a_remembered_key_costs_one_redis_round_trip_per_request(
+    world: Any, clock: list[float], private_rights_version: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rights-version read and the rate limit's count go together once the key is
+    remembered; the count is the same as when they went separately."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token_for(world.reviewer)}")
+    assert client.get(LIST).status_code == 200  # reads the key: version, then count
+    with redis_round_trips(monkeypatch) as trips:
+        assert client.get(LIST).status_code == 200
+    assert trips == [b"EVALSHA"]
+    assert _counter_value(world.reviewer) == b"2"
+    assert _statuses(client, 2) == [200, 429]  # 3/minute, as before
+
+
+def test_a_request_is_counted_once_when_the_rights_version_moved_under_it(
+    world: Any, clock: list[float], private_rights_version: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The combined round trip counts only when the remembered rights still hold; when the
+    version moved, the key is read again and the throttle counts the request itself: once."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token_for(world.reviewer)}")
+    assert _statuses(client, 2) == [200, 200]
+    cache.set(live.RIGHTS_VERSION_KEY, "moved-elsewhere", timeout=None)
+    with redis_round_trips(monkeypatch) as trips:
+        assert client.get(LIST).status_code == 200
+    assert trips == [b"EVALSHA", b"INCRBY"]  # nothing counted, then INCR + EXPIRE
+    assert _counter_value(world.reviewer) == b"3"
+    assert client.get(LIST).status_code == 429
