@@ -7,7 +7,7 @@ then per row an UPDATE and one audit row chained under the advisory lock).
 
 Protocol with the orchestrator: prints `ready` once imported and connected, waits for a line
 on stdin (so several sweepers start together), works, prints one JSON line: rows done, wall
-seconds, own CPU seconds.
+seconds, own CPU seconds, and the CPU seconds of the PostgreSQL backend that served it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def product(seed: int) -> int:
 
     phase = next(p for p in sweeps.PHASES if p.name == "timeout")
     connection.ensure_connection()
-    _ready()
+    _ready(connection.connection.info.backend_pid)
     done = 0
     while True:
         acted = sweeps.run_phase(phase)
@@ -54,7 +54,7 @@ def raw(with_audit: bool) -> int:
     from bench.baseline.chain import append_many
 
     conn = psycopg.connect(os.environ["DATABASE_URL"])
-    _ready()
+    _ready(conn.info.backend_pid)
     done = 0
     while True:
         with conn.transaction(), conn.cursor() as cursor:
@@ -92,20 +92,32 @@ def raw(with_audit: bool) -> int:
 
 
 _clock: dict[str, float] = {}
+_backend: list[psutil.Process] = []  # the PostgreSQL backend serving this sweeper, if local
 
 
-def _cpu() -> float:
-    times = psutil.Process().cpu_times()
+def _cpu(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except psutil.Error:
+        return 0.0
     return float(times.user + times.system)
 
 
-def _ready() -> None:
+def _ready(backend_pid: int) -> None:
     """Say ready, wait for go; the clocks start now, so set-up (imports, connecting) is not
-    counted."""
+    counted. The CPU of the PostgreSQL backend serving this sweeper is clocked too when the
+    server runs on this machine (the bench's does); elsewhere it reads as 0."""
+    try:
+        backend = psutil.Process(backend_pid)
+        if "postgres" in backend.name():
+            _backend.append(backend)
+    except psutil.Error:
+        pass
     print("ready", flush=True)
     sys.stdin.readline()
     _clock["wall"] = time.perf_counter()
-    _clock["cpu"] = _cpu()
+    _clock["cpu"] = _cpu(psutil.Process())
+    _clock["pg_cpu"] = sum(_cpu(backend) for backend in _backend)
 
 
 def main() -> None:
@@ -117,8 +129,9 @@ def main() -> None:
     }
     done = runners[kind]()
     wall = time.perf_counter() - _clock["wall"]
-    cpu = _cpu() - _clock["cpu"]
-    print(json.dumps({"done": done, "wall_s": wall, "cpu_s": cpu}), flush=True)
+    cpu = _cpu(psutil.Process()) - _clock["cpu"]
+    pg_cpu = sum(_cpu(backend) for backend in _backend) - _clock["pg_cpu"]
+    print(json.dumps({"done": done, "wall_s": wall, "cpu_s": cpu, "pg_cpu_s": pg_cpu}), flush=True)
 
 
 if __name__ == "__main__":
