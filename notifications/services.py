@@ -28,6 +28,15 @@ def outbox_emit(
     return event
 
 
+def outbox_event(
+    topic: str, *, proposal: Proposal, data: dict[str, Any] | None = None
+) -> OutboxEvent:
+    """`outbox_emit`'s row, not yet written: the caller inserts it in this transaction with
+    its own rows (a submit writes it in the statement that writes the proposal)."""
+    _kick_relay_on_commit()
+    return _outbox_event(topic, proposal=proposal, data=data)
+
+
 def outbox_emit_many(events: list[tuple[str, Proposal, dict[str, Any]]]) -> list[OutboxEvent]:
     """`outbox_emit(topic, proposal=..., data=...)` for each (topic, proposal, data), in one
     INSERT (a bulk submit). Same precondition."""

@@ -2,9 +2,11 @@
 
 Each item is checked, built, routed and announced by the very functions a single submit uses
 (`proposals.services`), so a bulk item ends exactly as the same item submitted alone. What
-differs is only how the rows reach the database: one INSERT per table for the whole call, and
-the audit events appended through `audit_batch` (one head read and one INSERT for all of them,
-each event still hashed, chained and positioned as if recorded one by one).
+differs is only how the rows reach the database: the proposals, their revisions and both
+history tables in one statement for the whole call (each history row copied from its row as
+inserted), the outbox rows in one INSERT, and the audit events appended through
+`audit_batch` (one head read and one append for all of them, each event still hashed,
+chained and positioned as if recorded one by one).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from proposals.services import (
     _new_proposal,
     _route,
     _submitted_data,
+    insert_many_with_history,
 )
 
 if TYPE_CHECKING:
@@ -46,8 +49,9 @@ class SubmitItem:
 def proposal_submit_many(
     *, submitter: User, items: list[SubmitItem], access: Access | None = None
 ) -> list[Proposal | ApplicationError]:
-    """`proposal_submit` for each item, in one transaction: one INSERT each for the proposals,
-    their revisions, both history tables and the outbox rows, and one audit event per proposal
+    """`proposal_submit` for each item, in one transaction: one statement for the proposals,
+    their revisions and both history tables, one INSERT for the outbox rows, and one audit
+    event per proposal
     (all in the one chain the transaction holds, inserted together at the end). An item that
     fails its checks is answered by its error and written by nobody; the others are written
     together. Routing is the single submit's (`_route`); the few a policy decides then go
@@ -82,14 +86,8 @@ def proposal_submit_many(
     proposals = [w[0] for w in written]
     revisions = [w[1] for w in written]
     with transaction.atomic(), audit_batch():
-        Proposal.objects.bulk_create(proposals)
-        history = Proposal.history  # type: ignore[attr-defined]
-        history.bulk_history_create(proposals, default_user=submitter, default_date=now)
-        Revision.objects.bulk_create(revisions)
-        Revision.history.bulk_history_create(  # type: ignore[attr-defined]
-            revisions, default_user=submitter, default_date=now
-        )
-        submitted = [(p, _submitted_data(d, data)) for p, _r, d, data in written]
+        insert_many_with_history(proposals, revisions, user=submitter, when=now)
+        submitted = [(p, _submitted_data(d, r)) for p, r, d, _data in written]
         outbox_emit_many([("proposal.submitted", p, event) for p, event in submitted])
         for proposal, event in submitted:
             audit_record(

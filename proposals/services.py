@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -32,7 +32,7 @@ from referencing.exceptions import Unresolvable
 from simple_history.models import HistoricalRecords
 
 from audit.services import audit_record, canonical_json
-from notifications.services import outbox_emit, outbox_emit_many
+from notifications.services import outbox_emit, outbox_emit_many, outbox_event
 from proposals import policy
 from proposals.errors import (
     AlreadyVoted,
@@ -447,13 +447,17 @@ def proposal_submit(
         proposal = _new_proposal(submitter, checkpoint, data, idempotency_key, eligible, now)
         proposal._history_user = submitter  # type: ignore[attr-defined]
         revision = _first_revision(proposal, data, submitter, now)
+        decision = _route(proposal, checkpoint, data, now)
+        submitted = _submitted_data(decision, revision)
+        # The outbox row goes in with the proposal (one statement); its audit event follows.
+        announced = outbox_event("proposal.submitted", proposal=proposal, data=submitted)
         if idempotency_key is None:
             # A fresh UUID and no key: no constraint can fail, so no savepoint to pay for.
-            _insert_with_history(proposal, revision)
+            _insert_with_history(proposal, revision, plain=[announced])
         else:
             try:
                 with transaction.atomic():
-                    _insert_with_history(proposal, revision)
+                    _insert_with_history(proposal, revision, plain=[announced])
             except IntegrityError:
                 # Only the (submitter, idempotency_key) constraint can fail on a fresh UUID:
                 # the key's API record expired (HITL_IDEMPOTENCY_TTL_HOURS) but keys stay unique.
@@ -462,9 +466,12 @@ def proposal_submit(
                 ) from None
         # Created in this transaction: invisible to everyone else, so as good as locked.
         proposal._hitl_locked = True  # type: ignore[attr-defined]
-        decision = _route(proposal, checkpoint, data, now)
-        _record(
-            proposal, "proposal.submitted", actor=submitter, data=_submitted_data(decision, data)
+        audit_record(
+            verb="proposal.submitted",
+            actor=submitter,
+            proposal=proposal,
+            revision=proposal.revision,
+            data=submitted,
         )
         _apply_route(proposal, decision, data)
     # What was written is what the caller answers with: its one revision and no votes yet,
@@ -478,47 +485,98 @@ def proposal_submit(
 _HISTORY_DEFAULTS = HistoricalRecords()
 
 
-def _insert_with_history(*rows: Model) -> None:
+def _insert_with_history(*rows: Model, plain: Sequence[Model] = ()) -> None:
     """save(force_insert=True) of each row, in order, with the history row simple_history's
     post_save writes for it (every tracked field as stored, "+", the same user, date and
-    reason), as one statement on PostgreSQL: each INSERT … RETURNING * feeds an INSERT …
-    SELECT of its history row (a data-modifying WITH), instead of four round trips for a
-    proposal and its first revision. Elsewhere, save() one by one. Nothing here listens to
-    these models' other save signals (none but simple_history's are connected)."""
+    reason), then of each `plain` row (a model without history: the outbox row announcing
+    them), as one statement on PostgreSQL: each INSERT … RETURNING * feeds an INSERT …
+    SELECT of its history row (a data-modifying WITH), instead of five round trips for a
+    proposal, its first revision and its outbox row. Elsewhere, save() one by one. Nothing
+    here listens to these models' other save signals (none but simple_history's are
+    connected)."""
     if connection.vendor != "postgresql":
-        for row in rows:
+        for row in [*rows, *plain]:
             row.save(force_insert=True)
         return
-    quote = connection.ops.quote_name
+    _insert_groups(
+        [([row], _history_values(row, "+")) for row in rows] + [([row], None) for row in plain]
+    )
+
+
+def insert_many_with_history(*groups: Sequence[Model], user: User, when: Any) -> None:
+    """As `_insert_with_history` for many rows (a bulk submit): each group, rows of one model,
+    goes in with one multi-row INSERT … RETURNING * feeding the INSERT … SELECT of their
+    history rows, every group in one statement. Their history rows name `user` and `when`,
+    with no change reason, as save() writes them for a row whose `_history_user` is `user`.
+    Elsewhere, bulk_create and simple_history's bulk_history_create, which write the same."""
+    if connection.vendor != "postgresql":
+        for group in groups:
+            model = type(group[0]) if group else None
+            if model is not None:
+                model._default_manager.bulk_create(group)
+                model.history.bulk_history_create(  # type: ignore[attr-defined]
+                    group, default_user=user, default_date=when, default_change_reason=None
+                )
+        return
+    _insert_groups([(list(group), [when, "+", user.pk, None]) for group in groups if group])
+
+
+def _insert_groups(groups: list[tuple[list[Model], list[Any] | None]]) -> None:
+    """One statement: for each (rows of one model, their history values: date, type, user,
+    change reason; None for a model without history), the rows' INSERT … RETURNING * and the
+    INSERT … SELECT of their history rows from it. Primary keys the database assigns are set
+    on the rows, in order."""
     parts: list[str] = []
     params: list[Any] = []
-    for n, row in enumerate(rows):
-        meta = row._meta
+    for n, (rows, values) in enumerate(groups):
+        model = type(rows[0])
+        meta = model._meta
         fields = [
             field
             for field in meta.local_concrete_fields
-            if not (field is meta.auto_field and row.pk is None)
+            if not (field is meta.auto_field and rows[0].pk is None)
         ]
-        query = InsertQuery(type(row))
-        query.insert_values(fields, [row])
+        query = InsertQuery(model)
+        query.insert_values(fields, rows)
         [(insert_sql, insert_params)] = query.get_compiler(connection=connection).as_sql()
         parts.append(f"r{n} AS ({insert_sql} RETURNING *)")
         params += insert_params
-        history_sql, history_params = _history_from(row, f"r{n}", "+")
+        if values is None:
+            continue
+        history_sql, extra = _history_insert(model, f"r{n}")
         parts.append(f"h{n} AS ({history_sql})")
-        params += history_params
-    pks = ", ".join(
-        f"(SELECT {quote(row._meta.pk.column)} FROM r{n})"  # type: ignore[union-attr]  # noqa: S608
-        for n, row in enumerate(rows)
+        params += [
+            slot.get_db_prep_save(value, connection)
+            for slot, value in zip(extra, values, strict=True)
+        ]
+    quote = connection.ops.quote_name
+    # Each group's assigned keys, in the order of its rows (RETURNING follows the VALUES
+    # list, as QuerySet.bulk_create relies on), one array per group.
+    keys = ", ".join(
+        f"ARRAY(SELECT {quote(rows[0]._meta.pk.column)} FROM r{n})"  # type: ignore[union-attr]  # noqa: S608
+        for n, (rows, _values) in enumerate(groups)
     )
     with connection.cursor() as cursor:
-        cursor.execute(f"WITH {', '.join(parts)} SELECT {pks}", params)
+        cursor.execute(f"WITH {', '.join(parts)} SELECT {keys}", params)
         returned = cursor.fetchone()
-    for row, pk in zip(rows, returned, strict=True):
-        if row.pk is None:
-            row.pk = pk
-        row._state.adding = False
-        row._state.db = connection.alias
+    for (rows, _values), pks in zip(groups, returned, strict=True):
+        for row, pk in zip(rows, pks, strict=True):
+            if row.pk is None:
+                row.pk = pk
+            row._state.adding = False
+            row._state.db = connection.alias
+
+
+def _history_values(row: Model, history_type: str) -> list[Any]:
+    """What simple_history's post_save writes into `row`'s history row beside its fields:
+    date, type, user, change reason."""
+    user = _HISTORY_DEFAULTS.get_history_user(row)
+    return [
+        getattr(row, "_history_date", timezone.now()),
+        history_type,
+        user.pk if user is not None else None,
+        _HISTORY_DEFAULTS.get_change_reason_for_object(row, history_type, None),
+    ]
 
 
 def _history_from(row: Model, source: str, history_type: str) -> tuple[str, list[Any]]:
@@ -526,13 +584,7 @@ def _history_from(row: Model, source: str, history_type: str) -> tuple[str, list
     tracked field, as stored; its user, date and change reason), from `source`: the row as
     an INSERT or UPDATE … RETURNING * just wrote it."""
     sql, extra = _history_insert(type(row), source)
-    user = _HISTORY_DEFAULTS.get_history_user(row)
-    values = (
-        getattr(row, "_history_date", timezone.now()),
-        history_type,
-        user.pk if user is not None else None,
-        _HISTORY_DEFAULTS.get_change_reason_for_object(row, history_type, None),
-    )
+    values = _history_values(row, history_type)
     return sql, [
         slot.get_db_prep_save(value, connection) for slot, value in zip(extra, values, strict=True)
     ]
@@ -688,11 +740,13 @@ def _route(
     )
 
 
-def _submitted_data(decision: policy.Route, data: ProposalInput) -> dict[str, Any]:
+def _submitted_data(decision: policy.Route, first: Revision) -> dict[str, Any]:
+    """What the submitted event says: the routing, and the hash of the payload (its first
+    revision's, computed once)."""
     return {
         "routing": decision.outcome,
         "routing_reason": decision.reason,
-        "payload_hash": payload_hash(data.payload),
+        "payload_hash": first.payload_hash,
     }
 
 

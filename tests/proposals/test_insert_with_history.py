@@ -125,3 +125,28 @@ def test_an_update_of_a_missing_row_fails_as_save_does(world: Any) -> None:
     proposal, _ = _twin(world, title="t", idempotency_key="k")
     with pytest.raises(DatabaseError, match="did not affect any rows"), transaction.atomic():
         services._update_with_history(proposal, ["title"])
+
+
+@time_machine.travel("2026-11-30 12:00:00+00:00", tick=False)
+def test_many_rows_in_one_statement_as_save_writes_each(world: Any) -> None:
+    """A bulk submit's statement (services.insert_many_with_history): every proposal and
+    revision, and their history rows, as save() writes them with the submitter as the
+    history user; the keys the database assigns come back in the rows' order."""
+    by_save = [_twin(world, title=f"t{i}", idempotency_key=f"s{i}") for i in range(3)]
+    by_statement = [_twin(world, title=f"t{i}", idempotency_key=f"b{i}") for i in range(3)]
+    with transaction.atomic():
+        for proposal, revision in by_save:
+            revision._history_user = world.submitter  # type: ignore[attr-defined]
+            proposal.save(force_insert=True)
+            revision.save(force_insert=True)
+    proposals = [proposal for proposal, _ in by_statement]
+    revisions = [revision for _, revision in by_statement]
+    with transaction.atomic(), CaptureQueriesContext(connection) as statements:
+        services.insert_many_with_history(
+            proposals, revisions, user=world.submitter, when=timezone.now()
+        )
+    assert len(statements) == 1
+    for proposal, revision in by_statement:
+        assert revision.pk == Revision.objects.get(proposal=proposal).pk
+        assert not proposal._state.adding and not revision._state.adding
+    assert [_stored(p) for p, _ in by_statement] == [_stored(p) for p, _ in by_save]
