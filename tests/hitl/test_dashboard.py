@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, OperationalError, connection, connections
 from django.test import Client
 
 from hitl import dashboard
@@ -202,8 +202,9 @@ def test_page_and_api_show_the_same_numbers(world: Any, client_for: Any) -> None
 @pytest.mark.django_db(transaction=True)
 def test_every_figure_comes_from_one_read_only_snapshot_with_room_to_sort(world: Any) -> None:
     """A decision committed by another session between two of the dashboard's statements
-    shows in none of them, so the totals and the timing agree; every statement runs in the
-    REPEATABLE READ, READ ONLY transaction with the dashboard's work_mem."""
+    (right after the first, which takes the snapshot the other lanes import) shows in none
+    of them, so the totals and the timing agree; every statement runs in the REPEATABLE
+    READ, READ ONLY transaction with the dashboard's work_mem."""
     decide(world, 0.5, True)
     late = submit(world.submitter, world.checkpoint, confidence=0.5)
 
@@ -244,6 +245,85 @@ def test_every_figure_comes_from_one_read_only_snapshot_with_room_to_sort(world:
     assert per_checkpoint["decided"] == 1  # read after the late decision committed
     assert len(seen) > 5
     assert set(seen) == {(dashboard.WORK_MEM, "repeatable read", "on")}
+
+
+LANE_PROBE = (
+    "SELECT pg_backend_pid(), pg_current_snapshot()::text, current_setting('work_mem'), "
+    "current_setting('transaction_isolation'), current_setting('transaction_read_only')"
+)
+
+
+def probe_lanes(monkeypatch: Any) -> list[tuple[Any, tuple[Any, ...]]]:
+    """Each lane's Django connection and what its database session says, as the lane starts."""
+    lanes: list[tuple[Any, tuple[Any, ...]]] = []
+    run = dashboard._run
+
+    def probed(jobs: Any) -> dict[str, Any]:
+        with connection.cursor() as cursor:
+            cursor.execute(LANE_PROBE)
+            lanes.append((connections[DEFAULT_DB_ALIAS], cursor.fetchone()))
+        return run(jobs)
+
+    monkeypatch.setattr(dashboard, "_run", probed)
+    return lanes
+
+
+@pytest.mark.django_db(transaction=True)
+def test_lanes_read_one_snapshot_at_once_and_give_their_connections_back(
+    world: Any, monkeypatch: Any
+) -> None:
+    """Outside a transaction the summary's lanes run at once, each on a connection of its own
+    that imports the snapshot the request's connection exported: the same summary, to the
+    last figure, as one lane after the other; the other lanes' connections are closed (back
+    to the pool) before it returns."""
+    calibration_fixture(world)
+    overrides_fixture(world.submitter, world.checkpoint, world.reviewer)
+    decide(world, 0.9, True, priority="high")
+    window = dashboard.Window.from_params({"period": "24h"})
+    lanes = probe_lanes(monkeypatch)
+
+    at_once = dashboard.summary([world.checkpoint], window)
+    assert len(lanes) == len(dashboard.LANES) > 1
+    assert len({pid for _, (pid, *_) in lanes}) == len(lanes)  # a connection each
+    (settings,) = {tuple(seen) for _, (_, *seen) in lanes}  # one snapshot, one set of settings
+    assert settings[1:] == (dashboard.WORK_MEM, "repeatable read", "on")
+    helpers = [wrapper for wrapper, _ in lanes if wrapper is not connections[DEFAULT_DB_ALIAS]]
+    assert len(helpers) == len(lanes) - 1
+    assert all(wrapper.connection is None for wrapper in helpers)  # closed, not leaked
+
+    lanes.clear()
+    monkeypatch.setattr(dashboard, "LANES", (sum(dashboard.LANES, ()),))
+    one_after_another = dashboard.summary([world.checkpoint], window)
+    assert len(lanes) == 1
+    assert at_once == one_after_another
+    assert at_once["totals"]["decided_by_reviewers"] == 92
+    assert [row["priority"] for row in at_once["time_to_decision"]["by_priority"]] == [
+        "high",
+        "medium",
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_no_connection_to_spare_the_request_runs_every_lane_itself(
+    world: Any, monkeypatch: Any
+) -> None:
+    """A helper that cannot get a connection (the pool exhausted: every request holding one
+    and asking for another) leaves its lane to the request's thread instead of waiting."""
+    calibration_fixture(world)
+    window = dashboard.Window.from_params({"period": "24h"})
+    expected = dashboard.summary([world.checkpoint], window)
+    ensure_connection = type(connections[DEFAULT_DB_ALIAS]).ensure_connection
+
+    def pool_exhausted(wrapper: Any) -> None:
+        if threading.current_thread().name == "dashboard-lane":
+            raise OperationalError("couldn't get a connection after 10.00 sec")
+        ensure_connection(wrapper)
+
+    monkeypatch.setattr(type(connections[DEFAULT_DB_ALIAS]), "ensure_connection", pool_exhausted)
+    lanes = probe_lanes(monkeypatch)
+    assert dashboard.summary([world.checkpoint], window) == expected
+    assert len(lanes) == len(dashboard.LANES)
+    assert {wrapper for wrapper, _ in lanes} == {connections[DEFAULT_DB_ALIAS]}
 
 
 def test_custom_periods_are_validated() -> None:
