@@ -4,7 +4,8 @@ Django builds its cache objects per request context (`caches` is an asgiref Loca
 RedisCache built its own connection pool: under ASGI, where every request runs in a context of
 its own, each request opened a fresh Redis connection (DNS lookup and TCP connect) for its
 rate-limit check and its rights-version read. The client and redis-py's pool are thread-safe;
-the pool reconnects after a fork by itself.
+the pool reconnects after a fork by itself. Django's client also builds a redis-py client
+object around its pool for every command; ours keeps one per pool.
 """
 
 from __future__ import annotations
@@ -22,6 +23,19 @@ _clients: dict[str, RedisCacheClient] = {}
 _lock = threading.Lock()
 
 
+class _OneRedisPerPool(RedisCacheClient):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._redis: dict[int, Any] = {}
+
+    def get_client(self, key: Any = None, *, write: bool = False) -> Any:
+        pool = self._get_connection_pool(write)  # type: ignore[attr-defined]
+        client = self._redis.get(id(pool))
+        if client is None:
+            client = self._redis[id(pool)] = self._client(connection_pool=pool)  # type: ignore[attr-defined]
+        return client
+
+
 class SharedPoolRedisCache(RedisCache):
     @cached_property
     def _cache(self) -> Any:
@@ -31,7 +45,7 @@ class SharedPoolRedisCache(RedisCache):
         with _lock:
             client = _clients.get(key)
             if client is None:
-                client = _clients[key] = mine["_class"](servers, **options)
+                client = _clients[key] = _OneRedisPerPool(servers, **options)
         return client
 
 

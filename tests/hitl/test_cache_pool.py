@@ -1,6 +1,7 @@
 """One Redis client per process for Django's cache (hitl.cache): Django builds a cache object
 per request context, and each used to open its own connection pool, so under ASGI every
-request connected to Redis anew for its rate limit and rights-version reads."""
+request connected to Redis anew for its rate limit and rights-version reads; and Django's client
+wraps its pool in a new redis-py client for every command."""
 
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ def test_cache_objects_of_different_requests_share_one_client_and_pool():
     def one_request() -> None:  # a thread starts with a context of its own, as a request does
         cache = caches["default"]
         cache.get("hitl-cache-pool-probe")
-        seen.append((cache, cache._cache))
+        seen.append((cache, cache._cache, cache._cache.get_client(write=True)))
 
     threads = [threading.Thread(target=one_request) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(10)
-    (first_cache, first_client), (second_cache, second_client) = seen
+    (first_cache, first_client, first_redis), (second_cache, second_client, second_redis) = seen
     assert first_cache is not second_cache  # Django's own per-context objects...
-    assert first_client is second_client  # ...over one client and its pool
+    assert first_client is second_client  # ...over one client and its pool...
+    assert first_redis is second_redis  # ...and one redis-py client, not one per command
