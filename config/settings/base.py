@@ -321,8 +321,9 @@ LOGGING = {
 # so every page of ours runs under a policy that allows only this origin and no inline code.
 STATICFILES_DIRS = [BASE_DIR / "static"]
 INSTALLED_APPS += ["csp", "axes"]
+# django-csp's, skipped for JSON responses (the API's): see hitl.csp.
 MIDDLEWARE.insert(
-    MIDDLEWARE.index("whitenoise.middleware.WhiteNoiseMiddleware"), "csp.middleware.CSPMiddleware"
+    MIDDLEWARE.index("whitenoise.middleware.WhiteNoiseMiddleware"), "hitl.csp.DocumentCSPMiddleware"
 )
 # Last, as django-axes requires: it turns a lockout raised during authentication into a page.
 MIDDLEWARE.append("axes.middleware.AxesMiddleware")
