@@ -6,6 +6,7 @@ from functools import cache
 from typing import Any
 
 from django.utils import timezone
+from django.utils.functional import cached_property
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.fields import Field, SkipField
@@ -112,7 +113,21 @@ class ReasonInputSerializer(InputSerializer):
     reason = StrictCharField(required=False, allow_blank=True, default="", max_length=10000)
 
 
+@cache
+def _query_fields(serializer_class: type[serializers.Serializer[Any]]) -> Any:
+    """The class's fields, built and bound once per process (see `_readable_fields`)."""
+    return serializers.Serializer.fields.real_func(serializer_class())  # type: ignore[attr-defined]
+
+
 class ProposalListQuerySerializer(serializers.Serializer):
+    """A list call's query string. Its fields are built once: DRF builds and deep-copies every
+    field of a serializer per instance, which cost a list call more than rendering its JSON.
+    Validating keeps no state in a field (errors and values are returned, not stored)."""
+
+    @cached_property
+    def fields(self) -> Any:
+        return _query_fields(type(self))
+
     status = serializers.CharField(required=False)
     checkpoint = serializers.SlugField(required=False)
     region = serializers.CharField(required=False, max_length=100)
