@@ -24,7 +24,7 @@ def test_documents_get_the_policy_json_does_not(world: Any) -> None:
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {token_for(world.reviewer)}")
     for path in ("/api/v1/proposals/", "/api/v1/proposals/not-a-uuid/"):
-        response = api.get(path)
-        assert response["Content-Type"] == "application/json", path
-        assert "Content-Security-Policy" not in response, path
-        assert response["X-Content-Type-Options"] == "nosniff", path
+        answer = api.get(path)
+        assert answer["Content-Type"] == "application/json", path
+        assert "Content-Security-Policy" not in answer, path
+        assert answer["X-Content-Type-Options"] == "nosniff", path
