@@ -111,12 +111,14 @@ def run_phase(phase: Phase, *, now: datetime | None = None, chunk_size: int = CH
         # and links as if one by one), not two statements per row.
         with transaction.atomic(), audit_batch():
             rows = list(
-                Proposal.objects.select_for_update(skip_locked=True, no_key=True, of=("self",))
-                .select_related("checkpoint")
+                Proposal.objects.select_for_update(skip_locked=True, no_key=True)
                 .filter(phase.due(now_))
                 .order_by(phase.order_by)[:chunk_size]
             )
+            # A chunk's rows share a few checkpoints: each read once, not joined to every row.
+            checkpoints = Checkpoint.objects.in_bulk({p.checkpoint_id for p in rows})
             for proposal in rows:
+                proposal.checkpoint = checkpoints[proposal.checkpoint_id]
                 proposal._hitl_locked = True  # type: ignore[attr-defined]
             changes = phase.plan(rows, now_)
             services.write_changes(changes)
