@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -117,14 +118,14 @@ def _item(user: Any, proposal: Proposal) -> dict[str, Any]:
     }
 
 
-def queue_new_work(work: list[tuple[Proposal, list[Any]]]) -> int:
-    """Note new work for each reviewer's next digest: (proposal, its reviewers) pairs, a
+def queue_new_work(work: Sequence[tuple[Proposal, Iterable[int]]]) -> int:
+    """Note new work for each reviewer's next digest: (proposal, its reviewers' ids) pairs, a
     relay batch's worth, in one INSERT."""
     now = timezone.now()
     notices = [
-        EmailNotice(user=user, proposal=proposal, created_at=now)
-        for proposal, users in work
-        for user in users
+        EmailNotice(user_id=user_id, proposal=proposal, created_at=now)
+        for proposal, user_ids in work
+        for user_id in user_ids
     ]
     EmailNotice.objects.bulk_create(
         notices,

@@ -22,9 +22,12 @@ with a bounded backlog per socket whose overflow is logged, counted
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import json
 import logging
+import os
+import threading
 import time
 import uuid
 import weakref
@@ -32,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, NotRequired, TypedDict, TypeVar
 
 import redis
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import SyncToAsync, async_to_sync, sync_to_async
 from channels.db import DatabaseSyncToAsync
 from channels.layers import get_channel_layer
 from channels_redis.pubsub import (
@@ -220,11 +223,54 @@ def broadcast(messages: list[tuple[str, LiveMessage]]) -> bool:
         return True
     try:
         _append(messages)
-        async_to_sync(_send_all)(messages)
+        _send_from_sync(messages)
     except Exception:  # a live update must never break the caller; the outbox catches up
         logger.warning("live update failed for %d message(s)", len(messages), exc_info=True)
         return False
     return True
+
+
+class _SendLoop:
+    """One event loop per process, on a thread of its own, for broadcasts from plain sync code
+    (the relay, in a worker). async_to_sync there starts a thread and a loop per call, and
+    LiveChannelLayer keeps its Redis connection per loop: a connection opened and closed per
+    relay run, about a third of a small run's CPU. Recreated after a fork."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+
+    def get(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="live-send", daemon=True).start()
+                self._loop, self._pid = loop, os.getpid()
+            return self._loop
+
+
+_send_loop = _SendLoop()
+
+
+def _send_from_sync(messages: list[tuple[str, LiveMessage]]) -> None:
+    """_send_all from sync code. On the process's send loop when the layer is the pub/sub
+    one (what it publishes reaches every loop's subscribers through Redis); otherwise, or
+    when called under an event loop that async_to_sync would use (sync code run by
+    sync_to_async), as before."""
+    outer = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    outer_here = getattr(SyncToAsync.threadlocal, "main_event_loop_pid", None) == os.getpid()
+    if (outer is not None and outer_here) or not isinstance(get_channel_layer(), LiveChannelLayer):
+        async_to_sync(_send_all)(messages)
+        return
+    future = asyncio.run_coroutine_threadsafe(_send_all(messages), _send_loop.get())
+    try:
+        # _send_all gives up after HITL_LIVE_SEND_TIMEOUT_SECONDS itself; this only bounds
+        # the wait for a loop that could not run it at all.
+        future.result(timeout=settings.HITL_LIVE_SEND_TIMEOUT_SECONDS + 1)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise
 
 
 # --- the channel layer ------------------------------------------------------------------------

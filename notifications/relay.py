@@ -19,7 +19,7 @@ from django.utils import timezone
 from hitl.ops import metrics as ops_metrics
 from notifications import emails, live, webhooks
 from notifications.models import OutboxEvent, WebhookEndpoint
-from proposals.permissions import eligible_reviewers
+from proposals.permissions import RightsCache, electorate_ids
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,27 @@ DECISION_EMAIL_TOPICS = (
     "proposal.changes_requested",
     "proposal.cancelled",
     "proposal.revoked",
+)
+
+
+# Proposal and checkpoint columns the relay never reads (deferred in its batch query).
+_UNREAD = (
+    *(
+        f"proposal__{name}"
+        for name in (
+            "summary",
+            "payload",
+            "options",
+            "context",
+            "labels",
+            "payload_schema",
+            "approved_payload",
+        )
+    ),
+    *(
+        f"proposal__checkpoint__{name}"
+        for name in ("description", "review_when", "payload_schema", "bypass_reason")
+    ),
 )
 
 
@@ -76,6 +97,9 @@ def relay_batch(limit: int = BATCH_SIZE) -> int:
             OutboxEvent.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(dispatched_at__isnull=True)
             .select_related("proposal__checkpoint", "proposal__submitted_by__service_account")
+            # Nothing here reads what the proposal proposes: its JSON, decoded per event,
+            # is left in the database (the deliveries send the event's own payload).
+            .defer(*_UNREAD)
             .order_by("created_at")[:limit]
         )
         if not events:
@@ -84,9 +108,10 @@ def relay_batch(limit: int = BATCH_SIZE) -> int:
         email_event_ids: list[Any] = []
         messages: list[tuple[str, live.LiveMessage]] = []
         # A burst of submits to one checkpoint by one agent asks the same question per event:
-        # answered once per batch (one transaction, so the same answer).
-        reviewers_of: dict[tuple[int, int | None], list[Any]] = {}
-        new_work: list[tuple[Any, list[Any]]] = []
+        # answered once per batch, and across batches while the rights version holds.
+        reviewers_of: dict[tuple[int, int | None], frozenset[int]] = {}
+        rights: list[str | None] = []  # the rights version, read when first needed
+        new_work: list[tuple[Any, frozenset[int]]] = []
         for event in events:
             messages += _live_messages(event)
             proposal = event.proposal
@@ -97,11 +122,9 @@ def relay_batch(limit: int = BATCH_SIZE) -> int:
             if event.topic in NEW_WORK_TOPICS and proposal.status == "pending":
                 asked = (proposal.checkpoint_id, proposal.submitted_by_id)
                 if asked not in reviewers_of:
-                    reviewers_of[asked] = list(
-                        eligible_reviewers(
-                            proposal.checkpoint, exclude_user_id=proposal.submitted_by_id
-                        )
-                    )
+                    if not rights:
+                        rights.append(_rights_version())
+                    reviewers_of[asked] = _reviewer_ids(proposal.checkpoint, asked[1], rights[0])
                 new_work.append((proposal, reviewers_of[asked]))
             elif event.topic in RECIPIENTS_AT_SEND_TOPICS or (
                 event.topic in DECISION_EMAIL_TOPICS
@@ -116,6 +139,28 @@ def relay_batch(limit: int = BATCH_SIZE) -> int:
         transaction.on_commit(lambda: _after_commit(delivery_ids, email_event_ids, messages))
         ops_metrics.relayed(events)  # counters and the override alert, after this commit
     return len(events)
+
+
+# eligible_reviewers' ids per (checkpoint, submitter), remembered in this process under the
+# rights version read at the start of the batch, as the API remembers electorate sizes: a
+# stream of relay runs for one agent's submits asks the grants once, not once per run.
+_reviewers: RightsCache[tuple[int, int | None], frozenset[int]] = RightsCache()
+
+
+def _rights_version() -> str | None:
+    version = live.rights_version()
+    return version if isinstance(version, str) else None  # unknown: nothing is remembered
+
+
+def _reviewer_ids(checkpoint: Any, submitter_id: int | None, rights: str | None) -> frozenset[int]:
+    """Who a new-work notice goes to (eligible_reviewers; their ids are all a notice needs)."""
+    key = (checkpoint.pk, submitter_id)
+    ids = _reviewers.get(key, rights)
+    if ids is None:
+        generation = _reviewers.generation()
+        ids = frozenset(electorate_ids(checkpoint, submitter_id=submitter_id, escalated=False))
+        _reviewers.put(key, ids, rights, generation)
+    return ids
 
 
 def _after_commit(

@@ -11,6 +11,7 @@ import pytest
 from django.core import mail
 from django.db import connection, transaction
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from guardian.shortcuts import assign_perm
 
@@ -167,6 +168,39 @@ def test_relay_queues_new_work_only_for_pending_proposals(world):
         ("rita", pending.pk),
         ("raj", pending.pk),
     }
+
+
+def test_relay_remembers_reviewers_while_the_rights_version_holds(world, private_rights_version):
+    """A relay run per burst of submits asks the grants once, not once per run; any change to
+    who may review is seen by the next run."""
+    from django.core.cache import cache
+
+    from notifications import live
+
+    cache.set(live.RIGHTS_VERSION_KEY, "v1")
+
+    def notified(proposal: Proposal) -> set[str]:
+        rows = EmailNotice.objects.filter(proposal=proposal).values_list("user__username")
+        return {username for (username,) in rows}
+
+    first = submit(world.submitter, world.checkpoint)
+    relay.relay_all()
+    assert notified(first) == {"rita", "raj"}
+    second = submit(world.submitter, world.checkpoint)
+    with CaptureQueriesContext(connection) as queries:
+        relay.relay_all()
+    assert not [q for q in queries.captured_queries if "guardian" in q["sql"]]
+    assert notified(second) == {"rita", "raj"}
+    world.reviewer2.groups.clear()  # raj may review no more
+    third = submit(world.submitter, world.checkpoint)
+    relay.relay_all()
+    assert notified(third) == {"rita"}
+    cache.set(live.RIGHTS_VERSION_KEY, "v2")  # another process changed rights: asked again
+    fourth = submit(world.submitter, world.checkpoint)
+    with CaptureQueriesContext(connection) as queries:
+        relay.relay_all()
+    assert [q for q in queries.captured_queries if "guardian" in q["sql"]]
+    assert notified(fourth) == {"rita"}
 
 
 def test_relay_batches_split_large_backlogs(world, monkeypatch):
