@@ -837,14 +837,6 @@ def _refuse_if_timed_out(proposal: Proposal) -> None:
         )
 
 
-def _ballots(proposal: Proposal) -> list[policy.Ballot]:
-    """The current revision's votes, as the quorum rule reads them."""
-    rows = Vote.objects.filter(proposal=proposal, revision=proposal.revision).values_list(
-        "decision", "selected_option"
-    )
-    return [policy.Ballot(decision, option) for decision, option in rows]
-
-
 @dataclass(frozen=True)
 class _VoteRequest:
     decision: str
@@ -883,12 +875,19 @@ def vote_cast(
         _authorize_vote(access, proposal)
         _check_round_open(proposal, request.revision)
         _check_ballot(proposal, request)
-        _check_not_voted(proposal, reviewer)
+        # The round's votes, read once: under the row lock nobody else adds one, so they are
+        # both the double-vote check and, with this vote, what the quorum counts.
+        cast = _round_votes(proposal)
+        if any(reviewer_id == reviewer.pk for reviewer_id, _ballot in cast):
+            raise AlreadyVoted("You have already voted on this revision.")
         now = timezone.now()
         if request.edits:
             _apply_reviewer_edit(proposal, reviewer, patch, adjustments, comment, now)
+            cast = []  # a new revision: the round starts again with this vote
         vote = _record_vote(proposal, reviewer, request, now)
-        _settle(proposal, reviewer, comment)
+        ballots = [ballot for _reviewer_id, ballot in cast]
+        ballots.append(policy.Ballot(vote.decision, vote.selected_option))
+        _settle(proposal, reviewer, comment, ballots)
     return proposal, vote
 
 
@@ -940,28 +939,35 @@ def _check_ballot(proposal: Proposal, request: _VoteRequest) -> None:
         raise Unprocessable(problem, details={"selected_option": option_keys})
 
 
-def _check_not_voted(proposal: Proposal, reviewer: User) -> None:
-    if Vote.objects.filter(
-        proposal=proposal, revision=proposal.revision, reviewer=reviewer
-    ).exists():
-        raise AlreadyVoted("You have already voted on this revision.")
+def _round_votes(proposal: Proposal) -> list[tuple[int, policy.Ballot]]:
+    """(reviewer id, ballot) of each vote on the current revision."""
+    rows = Vote.objects.filter(proposal=proposal, revision=proposal.revision).values_list(
+        "reviewer_id", "decision", "selected_option"
+    )
+    return [
+        (reviewer_id, policy.Ballot(decision, option)) for reviewer_id, decision, option in rows
+    ]
 
 
 def _record_vote(proposal: Proposal, reviewer: User, request: _VoteRequest, now: Any) -> Vote:
     # No savepoint: under the proposal's row lock a twin vote waits for this one's commit and
-    # then meets it in _check_not_voted. Should the constraint ever fire anyway, the error
+    # then meets it among the round's votes. Should the constraint ever fire anyway, the error
     # leaves the transaction unusable and AlreadyVoted rolls all of it back.
+    vote = Vote(
+        proposal=proposal,
+        revision=proposal.revision,
+        reviewer=reviewer,
+        decision=request.decision,
+        comment=request.comment,
+        selected_option=request.selected_option,
+        created_at=now,
+        # What Vote.save() fills in (the row is written here without it).
+        checkpoint_id=proposal.checkpoint_id,
+        review_seconds=(now - proposal.created_at).total_seconds(),
+    )
     try:
-        vote = Vote.objects.create(
-            proposal=proposal,
-            revision=proposal.revision,
-            reviewer=reviewer,
-            decision=request.decision,
-            comment=request.comment,
-            selected_option=request.selected_option,
-            created_at=now,
-        )
-    except IntegrityError:  # the constraint is the backstop for _check_not_voted
+        _insert_with_history(vote)  # the vote and its history row, one statement
+    except IntegrityError:  # the constraint is the backstop for the round's votes read
         raise AlreadyVoted("You have already voted on this revision.") from None
     _record(
         proposal,
@@ -1045,10 +1051,10 @@ def _apply_reviewer_edit(
     _record(proposal, "proposal.edited", actor=reviewer, data={"patch": diff}, reason=comment)
 
 
-def _settle(proposal: Proposal, reviewer: User, comment: str) -> None:
-    """Apply policy.evaluate_round to the current revision's votes."""
+def _settle(proposal: Proposal, reviewer: User, comment: str, ballots: list[policy.Ballot]) -> None:
+    """Apply policy.evaluate_round to the current revision's votes (`ballots`)."""
     result = policy.evaluate_round(
-        ballots=_ballots(proposal),
+        ballots=ballots,
         required=proposal.quorum_required,
         veto=proposal.checkpoint.veto,
         eligible=proposal.eligible_reviewers,

@@ -81,6 +81,26 @@ def test_vote_answer_is_what_a_fresh_read_returns(world):
     assert [v["id"] for v in body["votes"]] == [vote["id"]]
 
 
+# A deciding vote, once the key is remembered: the proposal locked; the round's votes (the
+# double-vote check and the quorum's count in one read); the vote and its history row (one
+# statement); its outbox row and audit event (lock and head, insert); the decision (proposal
+# and history in one statement, outbox, head, audit insert); after commit, the answer's
+# revisions and votes = 12, plus the savepoint pair.
+VOTE_MAX_QUERIES = 14
+
+
+def test_deciding_vote_stays_within_its_statement_budget(world, django_assert_max_num_queries):
+    proposal = submit(world.submitter, world.checkpoint)
+    client = bearer(api_key_create(user=world.reviewer, name="q").token)
+    assert client.get(LIST).status_code == 200  # warms the key
+    with django_assert_max_num_queries(VOTE_MAX_QUERIES):
+        voted = client.post(
+            f"{LIST}{proposal.pk}/votes/", {"decision": "approve", "revision": 1}, format="json"
+        )
+    assert voted.status_code == 201, voted.json()
+    assert voted.json()["status"] == "approved"
+
+
 def test_list_page_stays_within_its_statement_budget(world, django_assert_max_num_queries):
     for i in range(30):
         submit(world.submitter, world.checkpoint, title=f"p{i}")
