@@ -800,11 +800,13 @@ class Bench:
         done = sum(o["done"] for o in outs)
         wall = max(o["wall_s"] for o in outs)
         cpu = sum(o["cpu_s"] for o in outs)
+        pg_cpu = sum(o["pg_cpu_s"] for o in outs)
         return {
             "rows": done,
             "rows_per_s": done / wall if wall else None,
             "wall_s": wall,
             "sweeper_cpu_ms_per_row": cpu * 1000 / max(done, 1),
+            "postgres_cpu_ms_per_row": pg_cpu * 1000 / max(done, 1),
             "errors": 0 if done >= self.sizes.sweep_rows else 1,
             "error_samples": []
             if done >= self.sizes.sweep_rows

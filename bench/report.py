@@ -32,6 +32,7 @@ BULK_METRICS = {
 SWEEP_METRICS = {
     "rows_per_s": ("rows/s", True),
     "sweeper_cpu_ms_per_row": ("sweeper CPU ms/row", False),
+    "postgres_cpu_ms_per_row": ("its PostgreSQL CPU ms/row", False),
     "worker_cpu_ms_per_row": ("worker CPU ms/row", False),
     "relay_drain_s": ("relay catch-up s", False),
 }
