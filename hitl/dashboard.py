@@ -536,13 +536,13 @@ def _setup_sql(snapshot: str | None = None) -> str:
 
 
 @contextmanager
-def _one_snapshot(*, export: bool = False) -> Iterator[str | None]:
+def _one_snapshot() -> Iterator[str | None]:
     """On PostgreSQL, the dashboard's statements in one REPEATABLE READ, READ ONLY transaction:
     every figure counts the same proposals and votes, even while decisions commit between two
     statements (each would otherwise see its own), with WORK_MEM for their sorts (SET LOCAL:
-    until the transaction ends). Both settings go in one round trip. With `export`, yields
-    the snapshot's identifier (pg_export_snapshot) for other connections to read the same
-    rows (SET TRANSACTION SNAPSHOT), valid until this transaction ends. Inside a caller's
+    until the transaction ends). Both settings go in one round trip. Yields the snapshot's
+    identifier (pg_export_snapshot) for other connections to read the same rows (SET
+    TRANSACTION SNAPSHOT), valid until this transaction ends. Inside a caller's
     transaction (the tests') its isolation level stands, work_mem stays raised until it ends,
     and nothing is exported: another connection would not see the caller's uncommitted rows."""
     if connection.vendor != "postgresql":
@@ -554,7 +554,7 @@ def _one_snapshot(*, export: bool = False) -> Iterator[str | None]:
         snapshot = None
         with connection.cursor() as cursor:
             cursor.execute(setup)
-            if export and outermost:
+            if outermost:
                 cursor.execute("SELECT pg_export_snapshot()")
                 (snapshot,) = cursor.fetchone()
         yield snapshot
@@ -625,7 +625,7 @@ def _run_in_one_snapshot(jobs: Jobs) -> dict[str, Any]:
     connection each, one exported snapshot), elsewhere (SQLite, the embedded mode, or inside
     a caller's transaction) one after the other. The helpers' connections are closed (back to
     the pool) before this returns."""
-    with _one_snapshot(export=True) as snapshot:
+    with _one_snapshot() as snapshot:
         if snapshot is None:
             return _run(jobs)
         own, *others = LANES
