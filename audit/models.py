@@ -58,6 +58,9 @@ class AuditEvent(models.Model):
         null=True,
         blank=True,
         related_name="audit_events",
+        # audit_proposal_seq_idx (proposal, seq) serves every lookup by proposal: one index
+        # less to maintain per appended event.
+        db_index=False,
     )
     checkpoint = models.ForeignKey(
         "proposals.Checkpoint", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
