@@ -82,3 +82,56 @@ def test_every_middleware_and_the_view_run_in_one_thread_off_the_event_loop(worl
     assert start["status"] == 201, content
     assert len(seen) == 2 and seen[0] == seen[1]
     assert loop_thread not in seen
+
+
+browser_only: list[str] = []
+
+
+class BrowserOnlyRecorder(RecordingMiddleware):
+    """Stands for the session, CSRF, user and messages middleware: records the path it saw."""
+
+    def __call__(self, request: HttpRequest) -> Any:
+        browser_only.append(request.path)
+        return self.get_response(request)
+
+
+def asgi_get(path: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
+    async def get() -> tuple[int, bytes]:
+        app = SyncStackASGIHandler()
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "headers": [(b"host", b"testserver"), (b"x-forwarded-proto", b"https"), *headers],
+            "client": ("127.0.0.1", 1234),
+            "server": ("testserver", 80),
+        }
+        communicator = ApplicationCommunicator(app, scope)
+        await communicator.send_input({"type": "http.request", "body": b""})
+        start = await communicator.receive_output(30)
+        content = await communicator.receive_output(30)
+        await communicator.wait(30)
+        return int(start["status"]), bytes(content["body"])
+
+    return async_to_sync(get)()
+
+
+def test_api_key_calls_skip_the_browser_middleware_and_nothing_else_does(world, settings, client):
+    recorder = "tests.hitl.test_asgi_stack.BrowserOnlyRecorder"
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, recorder]
+    settings.API_KEY_CALL_SKIPS_MIDDLEWARE = [*settings.API_KEY_CALL_SKIPS_MIDDLEWARE, recorder]
+    browser_only.clear()
+    bearer = (b"authorization", f"Bearer {token_for(world.reviewer)}".encode())
+    assert asgi_get("/api/v1/proposals/", [bearer])[0] == 200
+    assert asgi_get("/api/v1/proposals/", [(b"authorization", b"bearer nok_x_y")])[0] == 401
+    assert browser_only == []
+    client.force_login(world.reviewer)
+    cookie = (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())
+    assert asgi_get("/api/v1/proposals/", [cookie])[0] == 200  # the session's call: all of it
+    assert asgi_get("/queue/", [cookie, bearer])[0] == 200  # a page: all of it, header or not
+    assert browser_only == ["/api/v1/proposals/", "/queue/"]
