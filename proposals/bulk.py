@@ -2,9 +2,9 @@
 
 Each item is checked, built, routed and announced by the very functions a single submit uses
 (`proposals.services`), so a bulk item ends exactly as the same item submitted alone. What
-differs is only how the rows reach the database: the proposals, their revisions and both
-history tables in one statement for the whole call (each history row copied from its row as
-inserted), the outbox rows in one INSERT, and the audit events appended through
+differs is only how the rows reach the database: the proposals, their revisions, both
+history tables (each history row copied from its row as inserted) and the outbox rows in one
+statement for the whole call, and the audit events appended through
 `audit_batch` (one head read and one append for all of them, each event still hashed,
 chained and positioned as if recorded one by one).
 """
@@ -18,7 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.services import audit_batch, audit_record
-from notifications.services import outbox_emit_many
+from notifications.services import outbox_event
 from proposals import policy
 from proposals.errors import ApplicationError
 from proposals.models import Checkpoint, Proposal, Revision
@@ -50,8 +50,7 @@ def proposal_submit_many(
     *, submitter: User, items: list[SubmitItem], access: Access | None = None
 ) -> list[Proposal | ApplicationError]:
     """`proposal_submit` for each item, in one transaction: one statement for the proposals,
-    their revisions and both history tables, one INSERT for the outbox rows, and one audit
-    event per proposal
+    their revisions, both history tables and the outbox rows, and one audit event per proposal
     (all in the one chain the transaction holds, inserted together at the end). An item that
     fails its checks is answered by its error and written by nobody; the others are written
     together. Routing is the single submit's (`_route`); the few a policy decides then go
@@ -85,10 +84,10 @@ def proposal_submit_many(
         return results
     proposals = [w[0] for w in written]
     revisions = [w[1] for w in written]
+    submitted = [(p, _submitted_data(d, r)) for p, r, d, _data in written]
     with transaction.atomic(), audit_batch():
-        insert_many_with_history(proposals, revisions, user=submitter, when=now)
-        submitted = [(p, _submitted_data(d, r)) for p, r, d, _data in written]
-        outbox_emit_many([("proposal.submitted", p, event) for p, event in submitted])
+        announced = [outbox_event("proposal.submitted", proposal=p, data=e) for p, e in submitted]
+        insert_many_with_history(proposals, revisions, user=submitter, when=now, plain=announced)
         for proposal, event in submitted:
             audit_record(
                 verb="proposal.submitted",

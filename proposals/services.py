@@ -503,11 +503,14 @@ def _insert_with_history(*rows: Model, plain: Sequence[Model] = ()) -> None:
     )
 
 
-def insert_many_with_history(*groups: Sequence[Model], user: User, when: Any) -> None:
+def insert_many_with_history(
+    *groups: Sequence[Model], user: User, when: Any, plain: Sequence[Model] = ()
+) -> None:
     """As `_insert_with_history` for many rows (a bulk submit): each group, rows of one model,
     goes in with one multi-row INSERT … RETURNING * feeding the INSERT … SELECT of their
     history rows, every group in one statement. Their history rows name `user` and `when`,
     with no change reason, as save() writes them for a row whose `_history_user` is `user`.
+    Then the `plain` rows, of one model without history (the outbox rows announcing them).
     Elsewhere, bulk_create and simple_history's bulk_history_create, which write the same."""
     if connection.vendor != "postgresql":
         for group in groups:
@@ -517,8 +520,15 @@ def insert_many_with_history(*groups: Sequence[Model], user: User, when: Any) ->
                 model.history.bulk_history_create(  # type: ignore[attr-defined]
                     group, default_user=user, default_date=when, default_change_reason=None
                 )
+        if plain:
+            type(plain[0])._default_manager.bulk_create(plain)
         return
-    _insert_groups([(list(group), [when, "+", user.pk, None]) for group in groups if group])
+    rows: list[tuple[list[Model], list[Any] | None]] = [
+        (list(group), [when, "+", user.pk, None]) for group in groups if group
+    ]
+    if plain:
+        rows.append((list(plain), None))
+    _insert_groups(rows)
 
 
 def _insert_groups(groups: list[tuple[list[Model], list[Any] | None]]) -> None:
