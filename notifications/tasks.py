@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -112,10 +113,28 @@ def _relay_no_longer_pending() -> None:
         logger.warning("could not clear the relay-pending flag; it expires", exc_info=True)
 
 
+# Under a stream of commits runs follow each other back to back, each for the few events
+# committed while the one before ran: a run costs ~5 ms of CPU whatever its size and ~0.3 ms
+# per event (relay_batch's statements, the broadcast, the task itself). A run that starts
+# within this long of the end of this process's previous one first waits out the rest of it,
+# its pending flag still set, so the commits meanwhile publish nothing and it relays them
+# too. Events then wait at most this much longer, and only while events keep coming; a run
+# after a quiet spell starts at once.
+RELAY_COALESCE_SECONDS = 0.05
+_last_run_end = -RELAY_COALESCE_SECONDS  # time.monotonic() when this process's last run ended
+
+
 @shared_task(name="notifications.tasks.relay_outbox", ignore_result=True)
 def relay_outbox() -> int:
+    global _last_run_end
+    wait = RELAY_COALESCE_SECONDS - (time.monotonic() - _last_run_end)
+    if wait > 0:
+        time.sleep(wait)
     _relay_no_longer_pending()
-    return relay.relay_all()
+    try:
+        return relay.relay_all()
+    finally:
+        _last_run_end = time.monotonic()
 
 
 @shared_task(name="notifications.tasks.deliver_webhook", ignore_result=True)

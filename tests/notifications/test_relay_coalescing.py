@@ -9,7 +9,9 @@ own: the relay messages in that queue are the runs published.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -107,6 +109,37 @@ def test_an_event_committed_while_a_run_is_in_progress_is_relayed_by_a_following
     )
     assert relay_runs_queued(broker, queue) == 2  # its commit kicked a following run
     assert tasks.relay_outbox() == 1
+    relayed_once_each()
+
+
+def test_a_run_right_after_another_waits_and_relays_the_commits_meanwhile(
+    world, queue, broker, monkeypatch
+):
+    """Under a stream of commits a run waits out RELAY_COALESCE_SECONDS since the previous
+    one ended, its flag still set: the commits meanwhile publish no run of their own and
+    this run relays them with the rest."""
+    loopback_endpoint("everything")
+    submit(world.submitter, world.checkpoint, title="first")
+    assert relay_runs_queued(broker, queue) == 1
+    waits: list[float] = []
+
+    def commits_while_waiting(seconds: float) -> None:
+        waits.append(seconds)
+        for n in range(3):
+            submit(world.submitter, world.checkpoint, title=f"meanwhile {n}")
+
+    clock = SimpleNamespace(monotonic=time.monotonic, sleep=commits_while_waiting)
+    monkeypatch.setattr(tasks, "time", clock)
+    monkeypatch.setattr(tasks, "_last_run_end", time.monotonic())  # a run just ended
+    assert tasks.relay_outbox() == 4
+    assert len(waits) == 1 and 0 < waits[0] <= tasks.RELAY_COALESCE_SECONDS
+    assert relay_runs_queued(broker, queue) == 1  # nothing published during the wait
+    relayed_once_each()
+
+    monkeypatch.setattr(tasks, "_last_run_end", time.monotonic() - 1)  # after a quiet spell
+    submit(world.submitter, world.checkpoint, title="later")
+    assert tasks.relay_outbox() == 1
+    assert len(waits) == 1  # started at once
     relayed_once_each()
 
 
