@@ -150,3 +150,43 @@ def test_many_rows_in_one_statement_as_save_writes_each(world: Any) -> None:
         assert revision.pk == Revision.objects.get(proposal=proposal).pk
         assert not proposal._state.adding and not revision._state.adding
     assert [_stored(p) for p, _ in by_statement] == [_stored(p) for p, _ in by_save]
+
+
+def test_a_one_row_insert_compiled_once_writes_what_the_compiler_writes(world: Any) -> None:
+    """services._insert_sql keeps a model's one-row INSERT text and prepares the values
+    itself: text and values must be the compiler's, for each model a submit or vote inserts."""
+    from django.db.models.sql import InsertQuery
+
+    from notifications.services import outbox_event
+    from proposals.models import Vote
+
+    def compiled(row: Model, fields: list[Any]) -> tuple[str, list[Any]]:
+        query = InsertQuery(type(row))
+        query.insert_values(fields, [row])
+        [(sql, params)] = query.get_compiler(connection=connection).as_sql()
+        return sql, list(params)
+
+    def plain(params: list[Any]) -> list[Any]:  # psycopg's JSON wrappers compare by content
+        return [getattr(value, "obj", value) for value in params]
+
+    services._ONE_ROW_INSERTS.clear()
+    for title in ("first", "second"):
+        proposal, revision = _twin(world, title=title, idempotency_key=title)
+        vote = Vote(
+            proposal=proposal,
+            revision=1,
+            reviewer=world.reviewer,
+            decision="approve",
+            created_at=timezone.now(),
+            checkpoint_id=proposal.checkpoint_id,
+            review_seconds=1.5,
+        )
+        announced = outbox_event("proposal.submitted", proposal=proposal, data={"n": title})
+        for row in (proposal, revision, vote, announced):
+            meta = row._meta
+            fields = [f for f in meta.local_concrete_fields if f is not meta.auto_field]
+            sql, params = services._insert_sql(type(row), fields, [row])
+            expected_sql, expected_params = compiled(row, fields)
+            assert sql == expected_sql
+            assert plain(params) == plain(expected_params)
+    assert len(services._ONE_ROW_INSERTS) == 4  # the second round used the kept text
