@@ -201,8 +201,8 @@ class RightsCache(Generic[K, V]):
     """Values derived from who may do what (a key's user and grants, a checkpoint's
     electorate), remembered in this process under the rights version read before them. An
     entry is dropped:
-    - at once, in this process, by any change to who may do what (`forget_rights`, connected
-      to those changes' signals by hitl.authentication), before the change commits;
+    - at once, in this process, by any change to who may do what (`forget_rights`, called by
+      the one rights hook, notifications.live.rights_changed), before the change commits;
     - in every other process, when the rights version (bumped after the commit of those
       same changes) has moved: the caller reads it once per request;
     - after HITL_AUTH_CACHE_SECONDS in any case (changes no signal sees: a raw UPDATE).

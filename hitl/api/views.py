@@ -78,7 +78,7 @@ class CheckpointDetailView(BaseView):
 
 
 # Checkpoints by slug, remembered like the caller's key and grants: every save or deletion of
-# a checkpoint moves the rights version (hitl.authentication), so a changed policy, a started
+# a checkpoint moves the rights version (notifications.live), so a changed policy, a started
 # or ended bypass, reaches every process's next submit.
 _checkpoints: RightsCache[str, Checkpoint] = RightsCache()
 
