@@ -144,6 +144,9 @@ else:
             raise ImproperlyConfigured(
                 f"DB_POOL_MIN_SIZE={DB_POOL_MIN_SIZE} is above DB_POOL_MAX_SIZE={DB_POOL_MAX_SIZE}."
             )
+        # Django's backend, with the pool checking only connections idle for a while
+        # (config/postgresql: no health-check round trip on every request under load).
+        DATABASES["default"]["ENGINE"] = "config.postgresql"
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": DB_POOL_MIN_SIZE,
             "max_size": DB_POOL_MAX_SIZE,
