@@ -15,6 +15,7 @@ from time import monotonic
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base
 from psycopg_pool import ConnectionPool
 
@@ -35,23 +36,23 @@ class DatabaseWrapper(base.DatabaseWrapper):
         """Django's pool (django.db.backends.postgresql.base.DatabaseWrapper.pool), built with
         the check above when CONN_HEALTH_CHECKS is on."""
         options = self.settings_dict["OPTIONS"].get("pool")
-        if (
-            self.alias == base.NO_DB_ALIAS
-            or not options
-            or not self.settings_dict.get("CONN_HEALTH_CHECKS")
-        ):
-            return super().pool  # type: ignore[no-any-return]
-        if self.alias not in self._connection_pools:
+        if self.alias == NO_DB_ALIAS or not options or not self.settings_dict["CONN_HEALTH_CHECKS"]:
+            return super().pool  # type: ignore[misc,no-any-return]  # untyped in the stubs
+        # Django's own, one per alias for the process (untyped in the stubs).
+        pools: dict[str, ConnectionPool] = getattr(self, "_connection_pools")  # noqa: B009
+        if self.alias not in pools:
             if self.settings_dict.get("CONN_MAX_AGE", 0) != 0:
                 raise ImproperlyConfigured("Pooling doesn't support persistent connections.")
             connect_kwargs = self.get_connection_params()
             connect_kwargs["autocommit"] = True  # as Django's: it sets autocommit later on
-            pool = ConnectionPool(
-                kwargs=connect_kwargs,
-                open=False,  # as Django's: not during start-up
-                configure=self._configure_connection,
-                check=check_unless_recently_used,
-                **({} if options is True else options),
+            pools.setdefault(
+                self.alias,
+                ConnectionPool(
+                    kwargs=connect_kwargs,
+                    open=False,  # as Django's: not during start-up
+                    configure=getattr(self, "_configure_connection"),  # noqa: B009
+                    check=check_unless_recently_used,
+                    **({} if options is True else options),
+                ),
             )
-            self._connection_pools.setdefault(self.alias, pool)
-        return self._connection_pools[self.alias]  # type: ignore[no-any-return]
+        return pools[self.alias]
