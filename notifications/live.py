@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Generic, NotRequired, TypedDict, TypeVar
 
 import redis
@@ -198,9 +198,8 @@ async def _send_all(messages: list[tuple[str, LiveMessage]]) -> None:
     if layer is None:
         return
     if isinstance(layer, LiveChannelLayer):
-        pairs = [(group, dict(message)) for group, message in messages]
         await asyncio.wait_for(
-            layer.group_send_many(pairs), timeout=settings.HITL_LIVE_SEND_TIMEOUT_SECONDS
+            layer.group_send_many(messages), timeout=settings.HITL_LIVE_SEND_TIMEOUT_SECONDS
         )
         return
     by_group: dict[str, list[LiveMessage]] = {}
@@ -373,13 +372,18 @@ class _LoopLayer(RedisPubSubLoopLayer):
                     for channel in list(self.groups.get(name, ())):
                         self.deliver(channel, decoded)
 
-    async def group_send_many(self, pairs: list[tuple[str, dict[str, Any]]]) -> None:
+    async def group_send_many(self, pairs: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         by_shard: dict[int, tuple[_Shard, list[tuple[str, bytes]]]] = {}
+        # An event goes to three or four groups as one dict: serialized once, the same bytes
+        # published to each (what a subscriber decodes is what it decoded before).
+        encoded: dict[int, bytes] = {}
         for group, message in pairs:
             channel = self._get_group_channel_name(group)
             shard = self._get_shard(channel)
-            item = (channel, self.channel_layer.serialize(message))
-            by_shard.setdefault(id(shard), (shard, []))[1].append(item)
+            data = encoded.get(id(message))
+            if data is None:
+                data = encoded[id(message)] = self.channel_layer.serialize(message)
+            by_shard.setdefault(id(shard), (shard, []))[1].append((channel, data))
         await asyncio.gather(*(shard.publish_many(items) for shard, items in by_shard.values()))
 
     def deliver(self, channel: str, message: dict[str, Any]) -> None:
@@ -413,9 +417,10 @@ class LiveChannelLayer(RedisPubSubChannelLayer):
     fan-out that does per-event work once per process (see above).
     CONFIG: `hosts` as channels_redis, `backlog` (HITL_LIVE_SOCKET_BACKLOG)."""
 
-    async def group_send_many(self, pairs: list[tuple[str, dict[str, Any]]]) -> None:
+    async def group_send_many(self, pairs: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         """group_send for many (group, message) pairs: each group hears its messages in
-        order, and a broadcast of hundreds costs one round trip per Redis shard."""
+        order, and a broadcast of hundreds costs one round trip per Redis shard. The messages
+        are only read (one dict may stand for several pairs)."""
         await self._get_layer().group_send_many(pairs)
 
     def _get_layer(self) -> _LoopLayer:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import websockets
+from channels.layers import get_channel_layer
 from django.conf import settings as django_settings
 from prometheus_client import REGISTRY
 
@@ -210,3 +211,26 @@ def test_a_socket_whose_backlog_overflows_is_counted_logged_and_replayed(
     assert dropped >= len(pids) - 10
     assert any("fell" in r.getMessage() and "behind" in r.getMessage() for r in caplog.records)
     assert live.STREAM_KEY  # the replay came from the stream, not from the layer
+
+
+def test_an_event_sent_to_several_groups_is_serialized_once(
+    live_redis: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay hands each event to three or four groups as one dict: the layer encodes it
+    once and publishes the same bytes to each group."""
+    layer = get_channel_layer()
+    assert isinstance(layer, live.LiveChannelLayer)
+    encoded: list[dict[str, Any]] = []
+    serialize = live.LiveChannelLayer.serialize
+
+    def counting(self: Any, message: dict[str, Any]) -> bytes:
+        encoded.append(message)
+        return serialize(self, message)
+
+    monkeypatch.setattr(live.LiveChannelLayer, "serialize", counting)
+    first: Any = {"type": "proposal.update", "id": "a"}
+    second: Any = {"type": "proposal.update", "id": "b"}
+    groups = ["checkpoint.1", "user.2", "proposal.a"]
+    pairs = [(group, first) for group in groups] + [(group, second) for group in groups]
+    assert live.broadcast(pairs)
+    assert [m["id"] for m in encoded] == ["a", "b"]
