@@ -70,12 +70,21 @@ class Access:
     # The rights version (notifications.live) read before these grants were, when known:
     # what is derived from grants may be remembered under it (RightsCache). None: unknown.
     rights_version: str | None = field(default=None, compare=False)
+    # codenames_on's answers: a list page asks it twice per row, mostly for one checkpoint.
+    # The grants never change after construction, so an answer never goes stale.
+    _codenames: dict[int, frozenset[str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def has(self, codename: str, checkpoint_id: int) -> bool:
         return checkpoint_id in self.by_perm.get(codename, frozenset())
 
     def codenames_on(self, checkpoint_id: int) -> frozenset[str]:
-        return frozenset(c for c, ids in self.by_perm.items() if checkpoint_id in ids)
+        found = self._codenames.get(checkpoint_id)
+        if found is None:
+            found = frozenset(c for c, ids in self.by_perm.items() if checkpoint_id in ids)
+            self._codenames[checkpoint_id] = found
+        return found
 
     def ids(self, *codenames: str) -> frozenset[int]:
         result: frozenset[int] = frozenset()
