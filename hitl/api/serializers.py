@@ -33,10 +33,29 @@ from notifications.webhooks import webhook_url_validator
 from proposals.models import Checkpoint, Decision, Priority, Proposal, Revision, Vote
 from proposals.permissions import Access, allowed_actions
 
+
+@cache
+def _shared_fields(serializer_class: type[serializers.Serializer[Any]]) -> Any:
+    """The class's fields, built and bound once per process (see `_readable_fields`)."""
+    return serializers.Serializer.fields.real_func(serializer_class())  # type: ignore[attr-defined]
+
+
+class SharedFields:
+    """A serializer whose fields are built once per class: DRF builds and deep-copies every
+    field of a serializer per instance, which cost a list call more than rendering its JSON
+    and a submit more than its idempotency and response put together. Validating keeps no
+    state in a field (errors and values are returned, not stored), and no field here reads
+    the serializer's context or `partial` (a field finds them through its first parent)."""
+
+    @cached_property
+    def fields(self) -> Any:
+        return _shared_fields(type(self))  # type: ignore[arg-type]
+
+
 # --- input: request bodies (InputSerializer refuses any field that coerces JSON types) ---------
 
 
-class OptionSerializer(InputSerializer):
+class OptionSerializer(SharedFields, InputSerializer):
     key = StrictCharField(max_length=100)
     label = StrictCharField(  # type: ignore[assignment]  # shadows Field.label
         max_length=300, required=False, allow_blank=True, default=""
@@ -45,7 +64,7 @@ class OptionSerializer(InputSerializer):
     confidence = StrictFloatField(min_value=0, max_value=1, required=False, allow_null=True)
 
 
-class ProposalInputSerializer(InputSerializer):
+class ProposalInputSerializer(SharedFields, InputSerializer):
     checkpoint = StrictSlugField(max_length=100)
     title = StrictCharField(max_length=300)
     summary = StrictCharField(required=False, allow_blank=True, default="", max_length=20000)
@@ -92,7 +111,7 @@ class BulkOutputSerializer(serializers.Serializer):
     results = BulkItemResultSerializer(many=True)
 
 
-class VoteInputSerializer(InputSerializer):
+class VoteInputSerializer(SharedFields, InputSerializer):
     decision = StrictChoiceField(choices=Decision.choices)
     revision = StrictIntegerField(min_value=1, max_value=2**31 - 1)
     comment = StrictCharField(required=False, allow_blank=True, default="", max_length=10000)
@@ -103,30 +122,18 @@ class VoteInputSerializer(InputSerializer):
     adjustments = JSONObjectField(required=False, allow_null=True, default=None)
 
 
-class ReviseInputSerializer(InputSerializer):
+class ReviseInputSerializer(SharedFields, InputSerializer):
     payload = JSONObjectField()
     summary = StrictCharField(required=False, allow_blank=True, default="", max_length=20000)
     comment = StrictCharField(required=False, allow_blank=True, default="", max_length=10000)
 
 
-class ReasonInputSerializer(InputSerializer):
+class ReasonInputSerializer(SharedFields, InputSerializer):
     reason = StrictCharField(required=False, allow_blank=True, default="", max_length=10000)
 
 
-@cache
-def _query_fields(serializer_class: type[serializers.Serializer[Any]]) -> Any:
-    """The class's fields, built and bound once per process (see `_readable_fields`)."""
-    return serializers.Serializer.fields.real_func(serializer_class())  # type: ignore[attr-defined]
-
-
-class ProposalListQuerySerializer(serializers.Serializer):
-    """A list call's query string. Its fields are built once: DRF builds and deep-copies every
-    field of a serializer per instance, which cost a list call more than rendering its JSON.
-    Validating keeps no state in a field (errors and values are returned, not stored)."""
-
-    @cached_property
-    def fields(self) -> Any:
-        return _query_fields(type(self))
+class ProposalListQuerySerializer(SharedFields, serializers.Serializer):
+    """A list call's query string."""
 
     status = serializers.CharField(required=False)
     checkpoint = serializers.SlugField(required=False)

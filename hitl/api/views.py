@@ -13,8 +13,11 @@ from django.db import DatabaseError, transaction
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
+from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from hitl.api import rows
@@ -29,9 +32,35 @@ from proposals.errors import ApplicationError, InvalidInput, NotFound
 from proposals.models import Checkpoint, Proposal, Revision, Status, Vote
 from proposals.permissions import Access, RightsCache, access_for
 
+# What DRF's content negotiation answers for these Accept headers when JSON is the one
+# renderer and no format is asked for (by suffix or `?format=`); any other header negotiates.
+_JSON_ACCEPTS = frozenset({None, "*/*", "application/json"})
+
 
 class BaseView(APIView):
     _access: Access | None = None
+    _throttles: list[BaseThrottle] | None = None
+
+    def get_throttles(self) -> list[BaseThrottle]:
+        # Asked twice a call: by the authentication, which counts the key's call in its own
+        # Redis round trip (hitl.api.throttling.counters_for), then by DRF's check.
+        if self._throttles is None:
+            self._throttles = super().get_throttles()
+        return self._throttles
+
+    def perform_content_negotiation(
+        self, request: Request, force: bool = False
+    ) -> tuple[BaseRenderer, str]:
+        renderers = self.get_renderers()
+        if (
+            len(renderers) == 1
+            and renderers[0].media_type == "application/json"
+            and request.META.get("HTTP_ACCEPT") in _JSON_ACCEPTS
+            and getattr(self, "format_kwarg", None) is None
+            and api_settings.URL_FORMAT_OVERRIDE not in request._request.GET
+        ):
+            return renderers[0], renderers[0].media_type
+        return super().perform_content_negotiation(request, force)  # type: ignore[no-any-return]
 
     @property
     def user(self) -> User:
