@@ -17,6 +17,7 @@ from guardian.shortcuts import assign_perm
 
 from notifications import relay, tasks, webhooks
 from notifications.models import EmailNotice, OutboxEvent, WebhookDelivery
+from notifications.services import outbox_emit, outbox_emit_many
 from proposals import services
 from proposals.models import Proposal
 from proposals.permissions import REVIEW, SUBMIT
@@ -354,3 +355,28 @@ def test_concurrent_relays_split_the_backlog(world, monkeypatch):
     assert sum(counts) == 40, counts
     assert not OutboxEvent.objects.filter(dispatched_at__isnull=True).exists()
     assert WebhookDelivery.objects.count() == 40
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_chunks_outbox_rows_are_copied_and_relayed_in_the_order_written(world, monkeypatch):
+    """outbox_emit_many (a sweep chunk, one COPY) writes what outbox_emit writes, and the relay
+    announces the chunk's events in the order they were written, not in the ids' order."""
+    proposals = [submit(world.submitter, world.checkpoint, title=f"p{n}") for n in range(8)]
+    monkeypatch.setattr(relay.live, "broadcast", lambda messages: True)
+    relay.relay_all()  # the submits
+    broadcasts: list[Any] = []
+    monkeypatch.setattr(relay.live, "broadcast", lambda messages: broadcasts.extend(messages))
+    written = proposals[::-1]
+    with transaction.atomic():
+        outbox_emit_many([("proposal.expired", p, {"reason": "timeout"}) for p in written])
+        single = outbox_emit("proposal.expired", proposal=proposals[0], data={"reason": "x"})
+
+    copied = OutboxEvent.objects.filter(topic="proposal.expired").exclude(pk=single.pk)
+    first = copied.get(proposal=proposals[0])
+    assert first.checkpoint_id == single.checkpoint_id == world.checkpoint.pk
+    assert first.payload == {**single.payload, "reason": "timeout"}
+    assert first.dispatched_at is None
+
+    assert relay.relay_all() == 9
+    announced = [m["proposal"] for group, m in broadcasts if group.startswith("checkpoint.")]
+    assert announced == [str(p.pk) for p in written] + [str(proposals[0].pk)]
