@@ -207,6 +207,30 @@ def test_unknown_api_paths_are_json_404(world, client_for, path):
     assert b"<html" not in response.content.lower()
 
 
+@pytest.mark.parametrize(
+    ("accept", "query", "status", "indented"),
+    [
+        (None, "", 200, False),
+        ("*/*", "", 200, False),
+        ("application/json", "", 200, False),
+        ("application/json; indent=2", "", 200, True),
+        ("text/html", "", 406, False),
+        ("*/*", "?format=json", 200, False),
+        ("*/*", "?format=xml", 404, False),
+    ],
+)
+def test_content_negotiation(world, client_for, pending, accept, query, status, indented):
+    """JSON is the one renderer: the common Accept headers skip DRF's negotiation, with its
+    answer; any other header, or a format asked for, is negotiated as before."""
+    headers = {} if accept is None else {"HTTP_ACCEPT": accept}
+    response = client_for(world.reviewer).get(f"{API}/proposals/{query}", **headers)
+    assert response.status_code == status
+    assert response["Content-Type"] == "application/json"
+    assert (b'\n  "' in response.content) is indented
+    if status == 406:
+        assert_error(response, 406, "not_acceptable")
+
+
 def test_unknown_non_api_path_stays_html(client):
     response = client.get("/definitely-not-here/")
     assert response.status_code == 404

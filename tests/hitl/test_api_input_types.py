@@ -335,3 +335,15 @@ def test_webhooks_refuse_coerced_json_types(world, client_for, field, value):
     body = {**WEBHOOK_BASE, "checkpoint": world.checkpoint.slug, field: value}
     response = manager.post(f"{API}/webhooks/", body, format="json")
     assert field in _error(response)["details"]
+
+
+def test_input_serializers_share_fields_and_keep_their_own_results():
+    """The fields are built once per class; what a validation finds stays on its serializer."""
+    bad = s.ProposalInputSerializer(data={"checkpoint": "c", "title": 1, "payload": {}})
+    good = s.ProposalInputSerializer(data={"checkpoint": "c", "title": "t", "payload": {"a": 1}})
+    assert bad.fields is good.fields
+    assert not bad.is_valid()
+    assert good.is_valid(), good.errors
+    assert set(bad.errors) == {"title"}
+    assert good.validated_data["payload"] == {"a": 1}
+    assert good.validated_data["labels"] == {}

@@ -3,8 +3,10 @@ says about the same proposals, whatever their fields hold."""
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -65,3 +67,37 @@ def test_rows_render_datetimes_as_the_serializer_in_any_time_zone(world):
         assert rendered == expected
         assert [list(item) for item in rendered] == [list(item) for item in expected]
     assert expected[0]["due_at"] == "2031-03-29T23:00:00.123456-02:30"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        None,
+        "{}",
+        "[]",
+        '{"cost": 1, "rows": 10}',
+        '{"n": 1.5, "big": 1e400, "nested": {"a": [1, null, true, "\\u00e9"]}}',
+        '"a string"',
+        "12",
+        " {}",  # not one whole document from its first character: the field decides
+        "{} ",
+        "\ufeff{}",
+        "{} {}",
+        "not json",
+        "NaN",
+        "",
+    ],
+)
+def test_json_columns_decode_as_the_field_decodes(text):
+    from django.db.models import JSONField
+
+    from proposals.selectors import _one_argument
+
+    field: JSONField[Any] = JSONField()
+    unused: Any = None  # the expression and connection, which a plain column's decoding ignores
+    fast = _one_argument([field.from_db_value], unused, unused)
+    assert isinstance(fast, functools.partial)  # the fast decoder took the column
+    expected = field.from_db_value(text, unused, unused)
+    got = fast(text)
+    assert repr(got) == repr(expected)  # NaN is not equal to itself
+    assert type(got) is type(expected)

@@ -147,3 +147,27 @@ def test_a_request_is_counted_once_when_the_rights_version_moved_under_it(
     assert trips == [b"EVALSHA", b"INCRBY"]  # nothing counted, then INCR + EXPIRE
     assert _counter_value(world.reviewer) == b"3"
     assert client.get(LIST).status_code == 429
+
+
+def test_a_call_builds_each_throttle_once(
+    world: Any, clock: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The authentication (counters_for) and DRF's check share the view's throttles: the
+    key's first call and a remembered one each build the anonymous and the user throttle
+    once, and count once (3/minute still refuses the fourth call)."""
+    built: list[str] = []
+    for throttle in (UserThrottle, AnonThrottle):
+        original = throttle.__init__
+
+        def counting(self: Any, _original: Any = original) -> None:
+            built.append(type(self).__name__)
+            _original(self)
+
+        monkeypatch.setattr(throttle, "__init__", counting)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token_for(world.reviewer)}")
+    for _ in range(2):
+        built.clear()
+        assert client.get(LIST).status_code == 200
+        assert sorted(built) == ["AnonThrottle", "UserThrottle"]
+    assert _statuses(client, 2) == [200, 429]
