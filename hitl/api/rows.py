@@ -7,10 +7,10 @@ through the very field object `ProposalOutputSerializer` declares (`to_represent
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from functools import cache
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
+from zoneinfo import ZoneInfo
 
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -84,7 +84,14 @@ def _iso_datetime(field: serializers.DateTimeField) -> Callable[[Any], Any]:
     if not isinstance(zone, tzinfo):
         return field.to_representation
 
+    # The database's datetimes arrive in UTC (selectors: psycopg's own loader), and shown in
+    # UTC they need no conversion: the zone's astimezone would give the same fields back.
+    in_utc = _is_utc(zone)
+
     def iso(value: Any) -> Any:
+        if type(value) is datetime and (value.tzinfo is zone or (in_utc and value.tzinfo is UTC)):
+            text = value.isoformat()
+            return text[:-6] + "Z" if text.endswith("+00:00") else text
         if type(value) is not datetime or value.utcoffset() is None:
             return field.to_representation(value)
         try:
@@ -94,6 +101,10 @@ def _iso_datetime(field: serializers.DateTimeField) -> Callable[[Any], Any]:
         return text[:-6] + "Z" if text.endswith("+00:00") else text
 
     return iso
+
+
+def _is_utc(zone: tzinfo) -> bool:
+    return zone is UTC or (isinstance(zone, ZoneInfo) and zone.key == "UTC")
 
 
 def value_names() -> list[str]:
@@ -109,13 +120,13 @@ def proposal_rows(qs: QuerySet[Any]) -> QuerySet[Any]:
     return qs.values(*value_names(), *_FACTS)
 
 
-@dataclass(frozen=True, slots=True)
-class _Window:
+# Named tuples, not frozen dataclasses: one is built per row, and a frozen dataclass's
+# __init__ sets each field through object.__setattr__.
+class _Window(NamedTuple):
     revocation_window_seconds: int
 
 
-@dataclass(frozen=True, slots=True)
-class _Facts:
+class _Facts(NamedTuple):
     """The attributes of a Proposal that `allowed_actions` reads, from a row."""
 
     pk: Any

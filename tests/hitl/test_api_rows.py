@@ -4,9 +4,11 @@ says about the same proposals, whatever their fields hold."""
 from __future__ import annotations
 
 import functools
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from datetime import timezone as dt_timezone
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.utils import timezone
@@ -101,3 +103,18 @@ def test_json_columns_decode_as_the_field_decodes(text):
     got = fast(text)
     assert repr(got) == repr(expected)  # NaN is not equal to itself
     assert type(got) is type(expected)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata"])
+@pytest.mark.parametrize(
+    "value_zone", [UTC, ZoneInfo("UTC"), ZoneInfo("Asia/Kolkata"), dt_timezone(timedelta(hours=-3))]
+)
+def test_the_datetime_converter_says_what_drf_says(zone, value_zone):
+    """Whatever zone a value carries (the compiled page's loader gives UTC) and whatever zone
+    the request shows, the per-page converter and DRF's field write the same text."""
+    from rest_framework import serializers
+
+    field = serializers.DateTimeField()
+    value = datetime(2031, 3, 30, 1, 30, 0, 123456, tzinfo=UTC).astimezone(value_zone)
+    with timezone.override(zone):
+        assert rows._iso_datetime(field)(value) == field.to_representation(value)
