@@ -420,20 +420,24 @@ def allowed_actions(
     """What this user may do with the proposal right now: who (the rules above) and when
     (proposals.policy). The API's `permissions`, the admin and the pages all show this, and
     the services refuse exactly what it denies."""
-    open_for_votes = policy.voting_open(status=proposal.status, due_at=proposal.due_at, now=now)
+    # Each rule asked once (a list page asks for every row): they read no clock and change
+    # nothing, so asking one that a short-circuit would have skipped changes no answer.
+    status = proposal.status
+    is_open = policy.is_open(status=status)
+    reviews = access.may_review(proposal)
     return Allowed(
-        vote=open_for_votes and access.may_review(proposal),
-        revise=policy.revising_open(status=proposal.status, due_at=proposal.due_at, now=now)
+        vote=policy.voting_open(status=status, due_at=proposal.due_at, now=now) and reviews,
+        revise=policy.revising_open(status=status, due_at=proposal.due_at, now=now)
         and may_revise(access, proposal),
-        cancel=policy.is_open(status=proposal.status) and may_cancel(access, proposal),
-        revoke=proposal.status == "approved"
+        cancel=is_open and may_cancel(access, proposal),
+        revoke=status == "approved"
         and policy.revocable(
             decided_at=proposal.decided_at,
             window_seconds=proposal.checkpoint.revocation_window_seconds,
             now=now,
         )
         and may_revoke(access, proposal, votes=votes),
-        claim=policy.is_open(status=proposal.status) and access.may_review(proposal),
+        claim=is_open and reviews,
         manage=access.may_manage(proposal),
     )
 
