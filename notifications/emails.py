@@ -196,9 +196,10 @@ def send_sla_breach(proposal: Proposal, managers: list[Any]) -> None:
 def decision_recipient(proposal: Proposal) -> Any | None:
     """Who is told of a decision or a request for changes: the submitter, when a person with
     an address. A service account learns the outcome from webhooks and the API. Needs
-    `submitted_by__service_account` loaded, or it costs a query. The relay asks before it
-    queues a mail and the mail task again when it sends, so an event nobody is mailed about
-    costs no task at all."""
+    `submitted_by__service_account` loaded, or it costs a query. The mail task asks when it
+    sends; the relay applies the same rule in its batch query (`submitter_mailable` in
+    notifications/relay.py) before it queues one, so an event nobody is mailed about costs no
+    task at all: a change to the rule changes both."""
     submitter = proposal.submitted_by
     if hasattr(submitter, "service_account") or not submitter.email:
         return None
