@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, tzinfo
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, NamedTuple, cast
 from zoneinfo import ZoneInfo
 
+from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 from rest_framework import ISO_8601, serializers
@@ -58,29 +59,40 @@ def _plan() -> tuple[tuple[str, str, serializers.Field | None], ...]:
 
 def _converters() -> list[tuple[str, str, Callable[[Any], Any] | None]]:
     """(output name, values() key, converter or None for "as is") per field, in order, for
-    this request (a datetime is shown in its current time zone)."""
+    this request (a datetime is shown in its current time zone, DRF's default)."""
+    return _converters_in(timezone.get_current_timezone() if settings.USE_TZ else None)
+
+
+@lru_cache(maxsize=64)
+def _converters_in(
+    current_zone: tzinfo | None,
+) -> list[tuple[str, str, Callable[[Any], Any] | None]]:
+    """`_converters` for pages shown in `current_zone`, built once per zone (they hold no
+    state): building them cost a page as much as rendering two of its rows."""
     return [
-        (name, source, None if field is None else _converter(field))
+        (name, source, None if field is None else _converter(field, current_zone))
         for name, source, field in _plan()
     ]
 
 
-def _converter(field: serializers.Field) -> Callable[[Any], Any]:
+def _converter(field: serializers.Field, current_zone: tzinfo | None) -> Callable[[Any], Any]:
     if type(field) is serializers.DateTimeField:
-        return _iso_datetime(field)
+        return _iso_datetime(field, current_zone)
     if type(field) is serializers.UUIDField and field.uuid_format == "hex_verbose":
         return str
     return field.to_representation
 
 
-def _iso_datetime(field: serializers.DateTimeField) -> Callable[[Any], Any]:
+def _iso_datetime(
+    field: serializers.DateTimeField, current_zone: tzinfo | None
+) -> Callable[[Any], Any]:
     """`DateTimeField.to_representation` of an aware datetime in ISO 8601, the time zone
     looked up once per page instead of once per value (a third of a page's rendering); any
     other value or setting, and a value out of range there, goes to DRF itself."""
     output_format = getattr(field, "format", api_settings.DATETIME_FORMAT)
     if output_format is None or output_format.lower() != ISO_8601:
         return field.to_representation
-    zone = field.timezone if hasattr(field, "timezone") else field.default_timezone()
+    zone = field.timezone if hasattr(field, "timezone") else current_zone
     if not isinstance(zone, tzinfo):
         return field.to_representation
 
