@@ -353,7 +353,7 @@ def _decode_json(value: Any, fallback: Callable[[Any], Any]) -> Any:
     if type(value) is str:
         try:
             decoded, end = _scan_json(value, 0)
-        except StopIteration:
+        except (StopIteration, ValueError):  # not JSON at 0, or malformed further on
             return fallback(value)
         if end == len(value):
             return decoded
