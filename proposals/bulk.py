@@ -22,11 +22,10 @@ from notifications.services import outbox_event
 from proposals import policy
 from proposals.errors import ApplicationError
 from proposals.models import Checkpoint, Proposal, Revision
-from proposals.permissions import Access, access_for, electorate_ids
+from proposals.permissions import Access, access_for, electorate_size
 from proposals.services import (
     ProposalInput,
     _apply_route,
-    _as_prefetched,
     _check_submission,
     _first_revision,
     _new_proposal,
@@ -59,7 +58,6 @@ def proposal_submit_many(
     access = access or access_for(submitter)
     now = timezone.now()
     results: list[Proposal | ApplicationError] = []
-    electorates: dict[int, int] = {}
     written: list[tuple[Proposal, Revision, policy.Route, ProposalInput]] = []
     for item in items:
         try:
@@ -68,12 +66,11 @@ def proposal_submit_many(
             results.append(exc)
             continue
         checkpoint = item.checkpoint
-        if checkpoint.pk not in electorates:
-            electorates[checkpoint.pk] = len(
-                electorate_ids(checkpoint, submitter_id=submitter.pk, escalated=False)
-            )
+        # Counted as a single submit counts it (remembered per checkpoint under the rights
+        # version): recounting it per chunk was two queries and a tenth of a chunk's CPU.
+        eligible = electorate_size(checkpoint, submitter_id=submitter.pk, access=access)
         proposal = _new_proposal(
-            submitter, checkpoint, item.data, item.idempotency_key, electorates[checkpoint.pk], now
+            submitter, checkpoint, item.data, item.idempotency_key, eligible, now
         )
         revision = _first_revision(proposal, item.data, submitter, now)
         written.append(
@@ -100,6 +97,6 @@ def proposal_submit_many(
             # Created in this transaction: invisible to everyone else, so as good as locked.
             proposal._hitl_locked = True  # type: ignore[attr-defined]
             _apply_route(proposal, decision, data)
-    for proposal, revision, _decision, _data in written:
-        _as_prefetched(proposal, revisions=[revision], votes=[])
+    # Unlike `proposal_submit`, no prefetch cache of the revision and votes: the one caller
+    # renders list rows, which read neither, and filling it cost 8 % of the request's CPU.
     return results
