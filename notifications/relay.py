@@ -93,7 +93,38 @@ def _claim_sql() -> str:
     """  # noqa: S608 (table names from the models, values as parameters)
 
 
+def _claim_portable(limit: int, now: datetime) -> list[_Claimed]:
+    """The same claim through the ORM, for SQLite (embedded mode): its transactions take the
+    write lock at BEGIN (IMMEDIATE), so one relay claims at a time with no SKIP LOCKED, and it
+    has neither that clause nor an UPDATE inside WITH."""
+    events = list(
+        OutboxEvent.objects.filter(dispatched_at__isnull=True)
+        .select_related("proposal__checkpoint", "proposal__submitted_by__service_account")
+        .order_by("created_at", "id")[:limit]
+    )
+    OutboxEvent.objects.filter(pk__in=[event.pk for event in events]).update(dispatched_at=now)
+    claimed = []
+    for event in events:
+        event.dispatched_at = now
+        proposal = event.proposal
+        if proposal is None:
+            claimed.append(_Claimed(event, None, None, False, False))
+            continue
+        claimed.append(
+            _Claimed(
+                event,
+                proposal.checkpoint.slug,
+                proposal.submitted_by_id,
+                proposal.escalated_at is not None,
+                emails.decision_recipient(proposal) is not None,
+            )
+        )
+    return claimed
+
+
 def _claim(limit: int, now: datetime) -> list[_Claimed]:
+    if connection.vendor != "postgresql":
+        return _claim_portable(limit, now)
     with connection.cursor() as cursor:
         cursor.execute(_claim_sql(), [limit, now])
         rows = cursor.fetchall()

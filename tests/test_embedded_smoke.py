@@ -13,6 +13,7 @@ import re
 import secrets
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -237,6 +238,8 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path, env):
         final = submit_and_approve(f"http://127.0.0.1:{port}", key, reviewer_key)
         assert final["status"] == "approved"
         output.until(r"^worker\s+\| .*celery@\S+ ready\.")
+        # The worker relays on SQLite too: the submit's and the votes' events leave the outbox.
+        assert_outbox_relayed(Path(env["DATABASE_URL"].removeprefix("sqlite:///")), output)
         output.until(r"^beat\s+\| .*beat: Starting")
         assert_healthy_beside(env, tmp_path / "run")
     finally:
@@ -247,6 +250,23 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path, env):
     assert not embedded.redis_ping("127.0.0.1", redis_port)
     assert (tmp_path / "run" / "demo-credentials.txt").exists()
     assert_stopped_beside(env, tmp_path / "run")
+
+
+def assert_outbox_relayed(database: Path, output: Lines, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with sqlite3.connect(database, timeout=30) as db:
+            (waiting,) = db.execute(
+                "SELECT count(*) FROM notifications_outboxevent WHERE dispatched_at IS NULL"
+            ).fetchone()
+        if not waiting or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    lines = output.rest(timeout=1)
+    assert waiting == 0, "\n".join(lines)
+    assert not [line for line in lines if line.startswith("worker") and "Traceback" in line], (
+        "\n".join(lines)
+    )
 
 
 def beside(env: dict[str, str], run_dir: Path) -> dict[str, str]:
