@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Any
 import jsonpatch
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    DatabaseError,
+    IntegrityError,
+    connection,
+    connections,
+    transaction,
+)
 from django.db.models import Model, Q
 from django.db.models.sql import InsertQuery, UpdateQuery
 from django.utils import timezone
@@ -584,15 +591,19 @@ def _insert_sql(model: type[Model], fields: list[Any], rows: list[Model]) -> tup
     """INSERT of `rows` (no RETURNING): compiled by Django, except that a single row's text
     is compiled once per model and its values prepared as the compiler prepares them
     (pre_save for an insert, then get_db_prep_save), a fifth of a submit's CPU otherwise."""
+    # The connection itself, not the `django.db.connection` proxy: the compiler and each
+    # field ask it for `ops` and `features` per value, and through the proxy every such
+    # lookup is a thread-local read (a tenth of a 500-item bulk submit's CPU).
+    db = connections[DEFAULT_DB_ALIAS]
     key = (model, tuple(field.attname for field in fields))
     if len(rows) == 1 and key in _ONE_ROW_INSERTS:
         [row] = rows
         return _ONE_ROW_INSERTS[key], [
-            field.get_db_prep_save(field.pre_save(row, True), connection) for field in fields
+            field.get_db_prep_save(field.pre_save(row, True), db) for field in fields
         ]
     query = InsertQuery(model)
     query.insert_values(fields, rows)
-    [(sql, params)] = query.get_compiler(connection=connection).as_sql()
+    [(sql, params)] = query.get_compiler(connection=db).as_sql()
     if len(rows) == 1 and not any(hasattr(field, "get_placeholder") for field in fields):
         _ONE_ROW_INSERTS[key] = sql
     return sql, list(params)
