@@ -4,6 +4,7 @@ service, render."""
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from typing import Any, cast
 
@@ -240,9 +241,10 @@ class ProposalBulkView(BaseView):
                     ).select_related("checkpoint", "submitted_by", "claimed_by")
                 }
             todo: list[tuple[int, SubmitItem]] = []
+            made: list[tuple[int, Proposal]] = []
             for index, key in zip(indexes, keys, strict=True):
                 if key is not None and key in done:
-                    answers[index] = created(index, self._row(done[key]))
+                    made.append((index, done[key]))
                     continue
                 try:
                     todo.append((index, _bulk_item(parser, items[index], key, checkpoints)))
@@ -259,11 +261,13 @@ class ProposalBulkView(BaseView):
                 # A reused key (or a deadlock) undid the chunk: each item alone, as before.
                 results = [self._submit_alone(item) for _i, item in todo]
             for (index, _item), result in zip(todo, results, strict=True):
-                answers[index] = (
-                    error(index, result)
-                    if isinstance(result, ApplicationError | APIException)
-                    else created(index, self._row(result))
-                )
+                if isinstance(result, ApplicationError | APIException):
+                    answers[index] = error(index, result)
+                else:
+                    made.append((index, result))
+            rendered = self._rows([proposal for _index, proposal in made])
+            for (index, _proposal), row in zip(made, rendered, strict=True):
+                answers[index] = created(index, row)
             return [answers[index] for index in indexes]
 
         return run_idempotent_chunks(
@@ -271,17 +275,22 @@ class ProposalBulkView(BaseView):
         )
 
     @staticmethod
-    def _row(proposal: Proposal) -> dict[str, Any]:
-        """The list's row of a proposal in hand (just written, or read with its checkpoint
-        and users), rendered by `rows.render` as a list page renders it: the same fields as
-        ProposalOutputSerializer without building that serializer per item."""
-        row: dict[str, Any] = {}
-        for source in rows.value_names():
-            value: Any = proposal
-            for part in source.split("__"):
-                value = getattr(value, part) if value is not None else None
-            row[source] = value
-        return rows.render([row])[0]
+    def _rows(proposals: list[Proposal]) -> list[dict[str, Any]]:
+        """The list's rows of proposals in hand (just written, or read with their checkpoint
+        and users), rendered by `rows.render` as a list page renders them: the same fields
+        as ProposalOutputSerializer without building that serializer per item. One render
+        per chunk, not per item (its converters are looked up per call)."""
+        paths = _row_paths()
+        values: list[dict[str, Any]] = []
+        for proposal in proposals:
+            row: dict[str, Any] = {}
+            for source, parts in paths:
+                value: Any = proposal
+                for part in parts:
+                    value = getattr(value, part) if value is not None else None
+                row[source] = value
+            values.append(row)
+        return rows.render(values)
 
     def _checkpoints(self, items: list[Any]) -> dict[str, Checkpoint]:
         """The visible checkpoints the items name, in one query."""
@@ -304,6 +313,12 @@ class ProposalBulkView(BaseView):
                 )
         except (ApplicationError, APIException) as exc:
             return exc
+
+
+@functools.cache
+def _row_paths() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Each list-row value name and the attribute path that reads it from a proposal."""
+    return tuple((source, tuple(source.split("__"))) for source in rows.value_names())
 
 
 def _bulk_item(
