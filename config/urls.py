@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -10,6 +11,8 @@ from hitl.api import errors
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/queue/", permanent=False)),
+    # Browsers ask every site for /favicon.ico, the admin's and the API docs' pages too.
+    path("favicon.ico", RedirectView.as_view(url=static("hitl/favicon.svg"), permanent=True)),
     path("", include("hitl.urls")),
     path("", include("hitl.ops.urls")),  # /healthz, /readyz, /metrics
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),

@@ -439,3 +439,15 @@ def test_edit_preview_keeps_the_reviewers_values_in_the_form(world: Any) -> None
     form = preview.content.decode().split('id="edit-form"')[1]
     assert 'value="90"' in form and 'value="450"' not in form
     assert 'name="f-1" checked' not in form  # unticked stays unticked
+
+
+def test_browsers_find_the_icon_without_a_404(client: Any) -> None:
+    """Chromium asks every site for /favicon.ico (a 404 in every page's console before)."""
+    from django.contrib.staticfiles import finders
+    from django.templatetags.static import static
+
+    response = client.get("/favicon.ico")
+    assert (response.status_code, response["Location"]) == (301, static("hitl/favicon.svg"))
+    assert finders.find("hitl/favicon.svg")
+    login = client.get("/accounts/login/")
+    assert f'rel="icon" href="{static("hitl/favicon.svg")}"' in login.content.decode()
