@@ -146,23 +146,31 @@ def _append(messages: list[tuple[str, LiveMessage]]) -> None:
     by_id: dict[int, tuple[LiveMessage, list[str]]] = {}
     for group, message in messages:
         by_id.setdefault(id(message), (message, []))[1].append(group)
-    entries = [json.dumps(part) for message, groups in by_id.values() for part in (groups, message)]
-    seqs: list[Any] = stream_client().eval(  # type: ignore[assignment]
-        _APPEND_ALL, 1, STREAM_KEY, str(settings.HITL_LIVE_REPLAY_MESSAGES), *entries
+    # One argument for the whole batch, one line per part (JSON text holds no raw newline):
+    # an argument per part cost the client an encoding each, a reply per event a parse each.
+    entries = "".join(
+        f"{json.dumps(groups)}\n{json.dumps(message)}\n" for message, groups in by_id.values()
     )
-    for (message, _), seq in zip(by_id.values(), seqs, strict=True):
-        message["seq"] = seq.decode() if isinstance(seq, bytes) else str(seq)
+    seqs: bytes = stream_client().eval(  # type: ignore[assignment]
+        _APPEND_ALL, 1, STREAM_KEY, str(settings.HITL_LIVE_REPLAY_MESSAGES), entries
+    )
+    for (message, _), seq in zip(by_id.values(), seqs.decode().split(), strict=True):
+        message["seq"] = seq
 
 
-# XADD each (groups, message) in ARGV after the stream's approximate length, in order, in
-# one command: a pipeline of XADDs costs the client a reply to parse per event.
+# XADD each groups line and message line of ARGV[2], in order, after the stream's approximate
+# length ARGV[1], in one command; the ids come back in one space-separated string.
 _APPEND_ALL = """
-local seqs = {}
-for i = 2, #ARGV, 2 do
-    seqs[#seqs + 1] = redis.call(
-        'XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'g', ARGV[i], 'm', ARGV[i + 1])
+local seqs, text, at = {}, ARGV[2], 1
+while at <= #text do
+    local groups_end = string.find(text, '\\n', at, true)
+    local message_end = string.find(text, '\\n', groups_end + 1, true)
+    seqs[#seqs + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+        'g', string.sub(text, at, groups_end - 1),
+        'm', string.sub(text, groups_end + 1, message_end - 1))
+    at = message_end + 1
 end
-return seqs
+return table.concat(seqs, ' ')
 """
 
 
