@@ -9,6 +9,7 @@ visibility timeout.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -24,7 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, transaction
 from django.utils import timezone
 from standardwebhooks import Webhook
 
@@ -218,6 +219,19 @@ def endpoint_create(
 
 
 # --- planning (called by the relay, inside its transaction) ---------------------------------
+
+
+@functools.cache
+def _active_endpoints_sql(alias: str) -> tuple[str, tuple[Any, ...]]:
+    return WebhookEndpoint.objects.using(alias).filter(active=True).query.sql_with_params()
+
+
+def active_endpoints(alias: str = DEFAULT_DB_ALIAS) -> list[WebhookEndpoint]:
+    """The active endpoints, as `WebhookEndpoint.objects.filter(active=True)` reads them, from
+    SQL compiled once per process: compiling it anew cost a small relay run as much as its
+    claim."""
+    sql, params = _active_endpoints_sql(alias)
+    return list(WebhookEndpoint.objects.raw(sql, params).using(alias))
 
 
 def plan_deliveries(
