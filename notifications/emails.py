@@ -9,6 +9,7 @@ follow links, so nothing changes until the recipient POSTs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 from collections.abc import Iterable, Sequence
@@ -20,7 +21,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core import signing
 from django.core.mail import EmailMultiAlternatives
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
@@ -120,18 +121,41 @@ def _item(user: Any, proposal: Proposal) -> dict[str, Any]:
 
 def queue_new_work(work: Sequence[tuple[Proposal, Iterable[int]]]) -> int:
     """Note new work for each reviewer's next digest: (proposal, its reviewers' ids) pairs, a
-    relay batch's worth, in one INSERT."""
+    relay batch's worth, in one INSERT. A notice already waiting in that reviewer's next
+    digest stays as it is (ON CONFLICT DO NOTHING, as bulk_create's ignore_conflicts)."""
     now = timezone.now()
-    notices = [
-        EmailNotice(user_id=user_id, proposal=proposal, created_at=now)
-        for proposal, user_ids in work
-        for user_id in user_ids
-    ]
-    EmailNotice.objects.bulk_create(
-        notices,
-        ignore_conflicts=True,  # already waiting in that reviewer's next digest
-    )
-    return len(notices)
+    pairs = [(user_id, proposal.pk) for proposal, user_ids in work for user_id in user_ids]
+    if not pairs:
+        return 0
+    if connection.vendor != "postgresql":
+        EmailNotice.objects.bulk_create(
+            [EmailNotice(user_id=u, proposal_id=p, created_at=now) for u, p in pairs],
+            ignore_conflicts=True,
+        )
+        return len(pairs)
+    user_ids, proposal_ids = zip(*pairs, strict=True)
+    with connection.cursor() as cursor:
+        cursor.execute(_queue_new_work_sql(), [now, list(user_ids), list(proposal_ids)])
+    return len(pairs)
+
+
+@functools.cache
+def _queue_new_work_sql() -> str:
+    """The INSERT ... SELECT FROM unnest that bulk_create builds, written once: building it
+    from 200 model instances (a prepare per field per row) was half the relay's CPU for a
+    batch of submits."""
+    quote = connection.ops.quote_name
+    meta = EmailNotice._meta
+    user, proposal = meta.get_field("user"), meta.get_field("proposal")
+    created_at = meta.get_field("created_at")
+    return f"""
+        INSERT INTO {quote(meta.db_table)}
+            ({quote(user.column)}, {quote(proposal.column)}, {quote(created_at.column)})
+        SELECT u, p, %s
+        FROM unnest(%s::{user.db_type(connection)}[], %s::{proposal.db_type(connection)}[])
+            AS t(u, p)
+        ON CONFLICT DO NOTHING
+    """  # noqa: S608 (names and types from the model, values as parameters)
 
 
 def send_due_digests() -> int:

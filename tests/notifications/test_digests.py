@@ -80,6 +80,20 @@ def test_new_work_is_noted_for_each_eligible_reviewer(world):
     assert EmailNotice.objects.count() == 4
 
 
+def test_a_notice_waits_once_per_reviewer_until_its_digest_is_sent(world):
+    proposal = submit(world.submitter, world.checkpoint)
+    reviewers = [world.reviewer.pk, world.reviewer2.pk]
+    assert emails.queue_new_work([(proposal, reviewers)]) == 2
+    emails.queue_new_work([(proposal, [world.reviewer.pk])])  # already waiting: kept as is
+    waiting = EmailNotice.objects.filter(sent_at__isnull=True)
+    assert sorted(waiting.values_list("user_id", flat=True)) == sorted(reviewers)
+    waiting.filter(user=world.reviewer).update(sent_at=timezone.now())
+    emails.queue_new_work([(proposal, reviewers)])  # new work again for rita's next digest
+    assert sorted(waiting.values_list("user_id", flat=True)) == sorted(reviewers)
+    assert EmailNotice.objects.count() == 3
+    assert emails.queue_new_work([]) == 0
+
+
 def test_one_digest_per_reviewer_with_text_html_and_working_links(world):
     first = submit(world.submitter, world.checkpoint, title="Inspect the boiler")
     second = submit(world.submitter, world.checkpoint, title="Replace the valve")
