@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import jsonpatch
 from django.conf import settings
@@ -32,7 +33,7 @@ from django.db import (
     connections,
     transaction,
 )
-from django.db.models import Model, Q
+from django.db.models import Field, Model, Q
 from django.db.models.sql import InsertQuery, UpdateQuery
 from django.utils import timezone
 from referencing.exceptions import Unresolvable
@@ -514,8 +515,8 @@ def insert_many_with_history(
     *groups: Sequence[Model], user: User, when: Any, plain: Sequence[Model] = ()
 ) -> None:
     """As `_insert_with_history` for many rows (a bulk submit): each group, rows of one model,
-    goes in with one multi-row INSERT … RETURNING * feeding the INSERT … SELECT of their
-    history rows, every group in one statement. Their history rows name `user` and `when`,
+    goes in with one INSERT … RETURNING * (its rows' values one JSON document: `_insert_sql`)
+    feeding the INSERT … SELECT of their history rows, every group in one statement. Their history rows name `user` and `when`,
     with no change reason, as save() writes them for a row whose `_history_user` is `user`.
     Then the `plain` rows, of one model without history (the outbox rows announcing them).
     Elsewhere, bulk_create and simple_history's bulk_history_create, which write the same."""
@@ -574,39 +575,142 @@ def _insert_groups(groups: list[tuple[list[Model], list[Any] | None]]) -> None:
     with connection.cursor() as cursor:
         cursor.execute(f"WITH {', '.join(parts)} SELECT {keys}", params)
         returned = cursor.fetchone()
+    alias = connection.alias
     for (rows, _values), pks in zip(groups, returned, strict=True):
         for row, pk in zip(rows, pks, strict=True):
             if row.pk is None:
                 row.pk = pk
             row._state.adding = False
-            row._state.db = connection.alias
-
-
-# The one-row INSERT of each model, as its compiler writes it: the text depends only on the
-# model and its fields (none of them has a placeholder of its own), not on the values.
-_ONE_ROW_INSERTS: dict[tuple[type[Model], tuple[str, ...]], str] = {}
+            row._state.db = alias
 
 
 def _insert_sql(model: type[Model], fields: list[Any], rows: list[Model]) -> tuple[str, list[Any]]:
-    """INSERT of `rows` (no RETURNING): compiled by Django, except that a single row's text
-    is compiled once per model and its values prepared as the compiler prepares them
-    (pre_save for an insert, then get_db_prep_save), a fifth of a submit's CPU otherwise."""
-    # The connection itself, not the `django.db.connection` proxy: the compiler and each
-    # field ask it for `ops` and `features` per value, and through the proxy every such
-    # lookup is a thread-local read (a tenth of a 500-item bulk submit's CPU).
+    """INSERT of `rows` (no RETURNING), their values sent as one parameter: a JSON array of
+    rows, each the array of its values, that the statement reads back column by column
+    (`_json_insert`). As a multi-row VALUES list (or Django's UNNEST of an array per column)
+    Django prepares every value and psycopg quotes each of them: a third of a bulk submit's
+    CPU, where one `json.dumps` and one quoted string cost a tenth of that. A model with a
+    column of another kind goes through Django's compiler, as before."""
+    # The connection itself, not the `django.db.connection` proxy: every lookup through the
+    # proxy is a thread-local read.
     db = connections[DEFAULT_DB_ALIAS]
-    key = (model, tuple(field.attname for field in fields))
-    if len(rows) == 1 and key in _ONE_ROW_INSERTS:
-        [row] = rows
-        return _ONE_ROW_INSERTS[key], [
-            field.get_db_prep_save(field.pre_save(row, True), db) for field in fields
-        ]
-    query = InsertQuery(model)
-    query.insert_values(fields, rows)
-    [(sql, params)] = query.get_compiler(connection=db).as_sql()
-    if len(rows) == 1 and not any(hasattr(field, "get_placeholder") for field in fields):
-        _ONE_ROW_INSERTS[key] = sql
-    return sql, list(params)
+    plan = _json_insert(model, tuple(fields))
+    if plan is None:
+        query = InsertQuery(model)
+        query.insert_values(fields, rows)
+        [(sql, params)] = query.get_compiler(connection=db).as_sql()
+        return sql, list(params)
+    sql, readers = plan
+    return sql, [json.dumps([[read(row) for read in readers] for row in rows])]
+
+
+@functools.cache
+def _json_insert(
+    model: type[Model], fields: tuple[Any, ...]
+) -> tuple[str, list[Callable[[Model], Any]]] | None:
+    """The INSERT … SELECT that reads `fields` of each row from the JSON document (a
+    parameter) and, per field, what goes into the document for a row: its value as the
+    compiler takes it (pre_save for an insert) in the form the column reads back exactly.
+    None when a field is of a kind this does not know."""
+    db = connections[DEFAULT_DB_ALIAS]
+    readers: list[Callable[[Model], Any]] = []
+    columns: list[str] = []
+    for n, f in enumerate(fields):
+        kind = (f.target_field if f.is_relation else f).get_internal_type()
+        form = _JSON_FORMS.get(kind)
+        if form is None or hasattr(f, "get_placeholder"):
+            return None
+        if kind == "JSONField":
+            if f.encoder is not None:
+                return None
+            # JSON null is how the document says SQL NULL: a JSONField stores None as NULL.
+            columns.append(f"NULLIF(e->{n}, 'null')")
+        else:
+            # The type without its parameters, as Django's UNNEST insert casts: a value too
+            # long for varchar(n) then fails on assignment instead of being cut.
+            base = f.db_type(db).split("(")[0]
+            columns.append(f"CAST(e->>{n} AS {base})")
+        readers.append(_json_reader(f, form))
+    quote = db.ops.quote_name
+    targets = ", ".join(quote(f.column) for f in fields)
+    sql = (
+        f"INSERT INTO {quote(model._meta.db_table)} ({targets})"  # noqa: S608 (names from the model)
+        f" SELECT {', '.join(columns)} FROM jsonb_array_elements(%s::jsonb) AS e"
+    )
+    return sql, readers
+
+
+def _json_reader(
+    field: Any, form: tuple[type | None, Callable[[Any], Any]]
+) -> Callable[[Model], Any]:
+    """A row's value of `field` for the JSON document: what the compiler takes (pre_save for
+    an insert) in the form its column reads back exactly. A value of the type the form takes
+    as it is skips Django's preparation (per value, as much CPU as the rest of the insert);
+    another (a str in a UUIDField, an int in a FloatField, a naive datetime) goes through
+    get_db_prep_save first, as the compiler sends it."""
+    attname = field.attname
+    own_pre_save = type(field).pre_save is not Field.pre_save and (
+        getattr(field, "auto_now", True) or getattr(field, "auto_now_add", True)
+    )
+    exact, convert = form
+    aware = exact is datetime
+
+    def read(row: Model) -> Any:
+        value = field.pre_save(row, True) if own_pre_save else getattr(row, attname)
+        if value is None:
+            return None
+        if exact is not None and (
+            not isinstance(value, exact) or (aware and cast(datetime, value).tzinfo is None)
+        ):
+            value = field.get_db_prep_save(value, connections[DEFAULT_DB_ALIAS])
+            if value is None:
+                return None
+        return convert(value)
+
+    return read
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _float_form(value: float) -> str:
+    # repr round-trips a float exactly (psycopg sends its repr too), and JSON has no NaN.
+    return float.__repr__(value)
+
+
+def _iso(value: Any) -> str:
+    return str(value.isoformat())
+
+
+# Per column kind (Django's internal type): the Python type a value may have to go into the
+# JSON document without Django's preparation, and how it goes in so that the column reads
+# back what the compiler would have sent (psycopg's text form of it).
+_INTEGERS = (
+    "AutoField",
+    "BigAutoField",
+    "SmallAutoField",
+    "IntegerField",
+    "BigIntegerField",
+    "SmallIntegerField",
+    "PositiveIntegerField",
+    "PositiveBigIntegerField",
+    "PositiveSmallIntegerField",
+)
+_JSON_FORMS: dict[str, tuple[type | None, Callable[[Any], Any]]] = {
+    # A str subclass (a TextChoices member) is encoded as its text, as psycopg sends it.
+    **dict.fromkeys(("CharField", "TextField", "SlugField"), (str, _same)),
+    # int() of a bool or an IntEnum member: the number the compiler sends.
+    **dict.fromkeys(_INTEGERS, (int, int)),
+    "BooleanField": (bool, _same),
+    "FloatField": (float, _float_form),
+    "DecimalField": (Decimal, str),
+    "DateTimeField": (datetime, _iso),
+    "UUIDField": (uuid.UUID, str),
+    # Any value as it is (Django prepares none: it hands it to json.dumps, as here; only a
+    # field with an encoder of its own would differ, and those take Django's compiler).
+    "JSONField": (None, _same),
+}
 
 
 def _history_values(row: Model, history_type: str) -> list[Any]:
