@@ -147,6 +147,8 @@ def _submit_one(view: BaseView, data: Any, idempotency_key: str | None) -> Propo
 
 
 class ProposalListCreateView(BaseView):
+    renderer_classes = [rows.PageRenderer]
+
     @extend_schema(
         operation_id="v1_proposals_list",
         parameters=[s.ProposalListQuerySerializer],

@@ -4,6 +4,7 @@ says about the same proposals, whatever their fields hold."""
 from __future__ import annotations
 
 import functools
+import uuid
 from datetime import UTC, datetime, timedelta
 from datetime import timezone as dt_timezone
 from decimal import Decimal
@@ -16,7 +17,7 @@ from django.utils import timezone
 from hitl.api import rows
 from hitl.api.serializers import ProposalOutputSerializer
 from proposals import services
-from proposals.models import Proposal
+from proposals.models import Proposal, Status
 from tests.factories import submit
 
 pytestmark = pytest.mark.django_db
@@ -122,3 +123,60 @@ def test_the_datetime_converter_says_what_drf_says(zone, value_zone):
         convert = dict((name, c) for name, _source, c in rows._converters())["due_at"]
         assert convert is not None
         assert convert(value) == field.to_representation(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"cost": 1, "rows": 10},
+        1.5,
+        0.1 + 0.2,
+        -0.0,
+        1e-05,  # orjson: 0.00001
+        4.2e-05,
+        1e-07,  # orjson: 1e-7
+        1e16,
+        1.5e22,
+        5e-324,
+        1.7976931348623157e308,
+        2**70,  # past orjson's 64 bits
+        -(2**63) - 1,
+        '\u2028 \u2029 \x00\x1f\x7f é 😀 \\ " </script>',
+        {"n": [1e-07, {"deep": [1.5, 1e300, None, True]}], "s": "x"},
+        [[[[2.5]]], (1e-05,)],
+        {1: "a key that is not a string"},
+        Decimal("1.5"),
+        datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        "\ud800",  # a lone surrogate: neither can write it
+        uuid.UUID(int=1),
+        Status.PENDING,  # a str subclass
+    ],
+)
+def test_the_page_renderer_writes_what_drfs_json_renderer_writes(value):
+    """rows.PageRenderer writes a list page through orjson, and must write every byte DRF's
+    JSONRenderer (json.dumps) writes, or refuse as it refuses."""
+    from rest_framework.renderers import JSONRenderer
+
+    item: dict[str, Any] = {name: None for name, _source, _field in rows._plan()}
+    item["payload"] = value
+    item["labels"] = {"wrapped": [value]}
+    if type(value) is float:
+        item["confidence"] = value
+    item["permissions"] = {"vote": True, "revise": False}
+    page = {"results": [item, dict(item, title="\u2028")], "next": "https://h/?cursor=x"}
+    try:
+        expected = JSONRenderer().render(page)
+    except (ValueError, UnicodeError) as exc:
+        with pytest.raises(type(exc)):
+            rows.PageRenderer().render(page)
+        return
+    assert rows.PageRenderer().render(page) == expected
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_the_page_renderer_refuses_what_drf_refuses(value):
+    """orjson would write null; DRF's strict JSON refuses these (a 500, as before)."""
+    item: dict[str, Any] = {name: None for name, _source, _field in rows._plan()}
+    item["confidence"] = value
+    with pytest.raises(ValueError):
+        rows.PageRenderer().render({"results": [item], "next": None})
