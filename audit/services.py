@@ -341,8 +341,10 @@ def audit_record(
         hash_version=HASH_VERSION,
     )
     # Built before the chain is entered, so nothing that can fail (an unserializable `data`)
-    # comes between entering it and locking it. The time is taken under the lock, as ever:
-    # created_at does not go backwards along a chain.
+    # comes between entering it and locking it. The time is the application's clock, as for
+    # every other timestamp; a first append reads it just before the round trip that locks,
+    # so along a chain created_at can precede its predecessor's by as long as the lock was
+    # waited for (seq and chain_seq are the order).
     event.chain, unlocked = _enter_chain(wanted, force=forced, lock=False)
     batch: _Batch | None = getattr(connection, "_audit_batch", None)
     if batch is not None:
@@ -352,11 +354,106 @@ def audit_record(
         if event.chain == _held_chain():  # not a forced anchor: batch it
             event.created_at = timezone.now()
             return batch.add(event)
+    if connection.vendor == "postgresql":
+        _insert_linked(event, lock=unlocked)
+        return event
     event.seq, event.chain_seq, event.prev_hash = _next_position(event.chain, lock=unlocked)
     event.created_at = timezone.now()
     event.hash = event_hash(hash_version=HASH_VERSION, **_fields_of(event))
     event.save(force_insert=True)
     return event
+
+
+# One event appended in one statement (and, when the chain is still to be locked, one round
+# trip with the lock): the INSERT itself reads the head, takes the position and the order
+# number, and computes the hash. Python hands it the event's canonical text cut where the two
+# values only the database knows go (_hash_text_parts); sha256 over those bytes and the
+# previous hash is exactly event_hash(), and is checked against it on return. The head is read
+# by a statement after the lock's, as in _next_position.
+_INSERT_LINKED_SQL = (
+    "WITH head AS ("
+    "  SELECT chain_seq, hash FROM audit_auditevent WHERE chain = %(chain)s"
+    "  ORDER BY chain_seq DESC LIMIT 1),"
+    " pos AS (SELECT nextval(%(sequence)s) AS seq,"
+    "  coalesce((SELECT chain_seq FROM head), 0) + 1 AS chain_seq,"
+    "  coalesce((SELECT hash FROM head), %(genesis)s) AS prev_hash)"
+    " INSERT INTO audit_auditevent (seq, chain, chain_seq, created_at, actor_id, actor_label,"
+    "  verb, proposal_id, checkpoint_id, revision, data, reason, prev_hash, hash, hash_version)"
+    " SELECT pos.seq, %(chain)s, pos.chain_seq, %(created_at)s, %(actor_id)s, %(actor_label)s,"
+    "  %(verb)s, %(proposal_id)s, %(checkpoint_id)s, %(revision)s, %(data)s::jsonb, %(reason)s,"
+    "  pos.prev_hash, encode(sha256(convert_to(%(text0)s || pos.chain_seq::text || %(text1)s"
+    "  || pos.seq::text || %(text2)s || pos.prev_hash, 'UTF8')), 'hex'), %(hash_version)s"
+    " FROM pos RETURNING id, seq, chain_seq, prev_hash, hash"
+)
+_LOCK_THEN_INSERT_LINKED_SQL = (
+    "SELECT pg_advisory_xact_lock(%(lock_class)s, %(chain)s); " + _INSERT_LINKED_SQL
+)
+
+
+def _hash_text_parts(event: AuditEvent) -> tuple[str, str, str]:
+    """The event's hashed text (event_hash, version 3) in three pieces, to be joined with its
+    chain_seq and seq between them. JCS sorts the keys: the first `"chain_seq":` is the body's
+    own (only an int, a string and an int come before it), and so is the last `"seq":` (only
+    the verb, a string, follows it); an unescaped quote cannot occur inside a string."""
+    body = _event_body(
+        seq=0,
+        created_at=event.created_at,
+        actor_id=event.actor_id,
+        actor_label=event.actor_label,
+        verb=event.verb,
+        proposal_id=event.proposal_id,
+        checkpoint_id=event.checkpoint_id,
+        revision=event.revision,
+        data=event.data,
+        reason=event.reason,
+    )
+    body.update(hash_version=HASH_V3_CHAINS, chain=event.chain, chain_seq=0)
+    text = jcs_bytes(body).decode()
+    at = text.index('"chain_seq":0,') + len('"chain_seq":')
+    part0, rest = text[:at], text[at + 1 :]
+    at = rest.rindex('"seq":0,') + len('"seq":')
+    return part0, rest[:at], rest[at + 1 :]
+
+
+def _insert_linked(event: AuditEvent, *, lock: bool) -> None:
+    """Append `event` (its chain set, its lock held or, with `lock`, taken here) in one round
+    trip; PostgreSQL only."""
+    assert HASH_VERSION == HASH_V3_CHAINS  # what _hash_text_parts cuts
+    event.created_at = timezone.now()
+    text0, text1, text2 = _hash_text_parts(event)
+    params: dict[str, Any] = {
+        "lock_class": AUDIT_LOCK_CLASS,
+        "chain": event.chain,
+        "sequence": GLOBAL_SEQUENCE,
+        "genesis": GENESIS_HASH,
+        "actor_id": event.actor_id,
+        "actor_label": event.actor_label,
+        "verb": event.verb,
+        "proposal_id": event.proposal_id,
+        "checkpoint_id": event.checkpoint_id,
+        "revision": event.revision,
+        "data": json.dumps(event.data),
+        "reason": event.reason,
+        "text0": text0,
+        "text1": text1,
+        "text2": text2,
+        "created_at": event.created_at,
+        "hash_version": HASH_VERSION,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_LOCK_THEN_INSERT_LINKED_SQL if lock else _INSERT_LINKED_SQL, params)
+        if lock:
+            cursor.nextset()  # past the lock's result, to the insert's
+        row = cursor.fetchone()
+    if lock:
+        _hold(event.chain)
+    event.pk, event.seq, event.chain_seq, event.prev_hash, event.hash = row
+    event._state.adding = False
+    event._state.db = connection.alias
+    # The database's hash is the one event_hash() gives, or nothing is appended: a mismatch
+    # (a server that encodes text differently, say) fails the transaction, never the chain.
+    if event_hash(hash_version=HASH_VERSION, **_fields_of(event)) != event.hash:
+        raise RuntimeError(f"audit: the database hashed event seq {event.seq} differently")
 
 
 class _Batch:

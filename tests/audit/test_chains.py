@@ -136,19 +136,20 @@ def test_a_transaction_appends_to_one_chain(world: Any) -> None:
     assert b.chain_seq == a.chain_seq + 1
 
 
-def test_a_first_append_locks_and_reads_the_head_in_one_round_trip(world: Any) -> None:
-    """Lock and head read are two statements (each its own snapshot, so the head is read after
-    the lock is granted: test_writers_on_different_chains_do_not_wait_for_each_other links
-    the waiter to the holder's row) sent together; then the INSERT. A second append of the
-    transaction reads the head under the lock it holds."""
+def test_an_append_is_one_round_trip_with_its_lock(world: Any) -> None:
+    """Lock and insert are two statements (each its own snapshot, so the head the insert reads
+    is read after the lock is granted: test_writers_on_different_chains_do_not_wait_for_each_other
+    links the waiter to the holder's row) sent together, in one round trip. A second append of
+    the transaction is one statement, under the lock it holds."""
     first, second, _ = _proposals_on_chains(world, 2)
     with transaction.atomic(), CaptureQueriesContext(connection) as statements:
         audit_record(verb="test.a", actor=None, proposal=first)
-        assert len(statements) == 2
+        assert len(statements) == 1
         assert "pg_advisory_xact_lock" in statements[0]["sql"]
+        assert "INSERT INTO audit_auditevent" in statements[0]["sql"]
         audit_record(verb="test.b", actor=None, proposal=second)
-        assert len(statements) == 4
-        assert "pg_advisory_xact_lock" not in statements[2]["sql"]
+        assert len(statements) == 2
+        assert "pg_advisory_xact_lock" not in statements[1]["sql"]
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND classid = 7301"
