@@ -152,6 +152,8 @@ def targets(paths: dict[str, Any], derived: dict[str, Any]) -> list[dict[str, An
         ("bulk proposals/s vs single submit", derived.get("bulk_vs_single_submit"), ">=", 10.0),
         ("two sweepers vs one", derived.get("two_sweepers_vs_one"), ">=", 1.6),
         ("sweep rows/s vs raw UPDATE + chained audit", ratio("sweep_1", "rows_per_s"), ">=", 0.5),
+        ("queue page 1 p50 vs its SQL alone", ratio("queue_page_1", "p50_ms"), "<=", 2.0),
+        ("queue deep page p50 vs its SQL alone", ratio("queue_page_deep", "p50_ms"), "<=", 2.0),
         ("queue deep page p99 vs page 1", derived.get("queue_deep_p99_vs_page_1"), "<=", 1.5),
         ("websocket messages lost", _median(paths, "ws_fanout", "lost_messages"), "<=", 0),
         ("websocket p99 commit->socket ms", _median(paths, "ws_fanout", "p99_ms"), "<=", 1000),
