@@ -131,6 +131,7 @@ def _claim(limit: int, now: datetime) -> list[_Claimed]:
         cursor.execute(_claim_sql(), [limit, now])
         rows = cursor.fetchall()
     claimed = []
+    alias = connection.alias  # (a thread-local read through the proxy: once, not per row)
     cache_proposal = OutboxEvent.proposal.field.set_cached_value
     for (
         pk,
@@ -151,6 +152,7 @@ def _claim(limit: int, now: datetime) -> list[_Claimed]:
     ) in rows:
         event = _loaded(
             OutboxEvent,
+            alias,
             {
                 "id": pk,
                 "topic": topic,
@@ -165,6 +167,7 @@ def _claim(limit: int, now: datetime) -> list[_Claimed]:
         if proposal_id is not None:  # its other columns stay deferred
             proposal = _loaded(
                 Proposal,
+                alias,
                 {
                     "id": proposal_id,
                     "status": status,
@@ -183,7 +186,7 @@ def _claim(limit: int, now: datetime) -> list[_Claimed]:
 _M = TypeVar("_M", bound=Model)
 
 
-def _loaded(model: type[_M], values: dict[str, Any]) -> _M:
+def _loaded(model: type[_M], alias: str, values: dict[str, Any]) -> _M:
     """An instance as the ORM reads one, with `values` (by attname) loaded and the rest
     deferred, built as unpickling builds one: from_db and Model.__init__ walk every field of
     the model with a setattr each, a sixth of a sweep event's relay CPU for its event and its
@@ -192,7 +195,7 @@ def _loaded(model: type[_M], values: dict[str, Any]) -> _M:
     instance.__dict__.update(values)
     state = instance._state = ModelState()
     state.adding = False
-    state.db = connection.alias
+    state.db = alias
     return instance
 
 

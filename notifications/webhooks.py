@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 from standardwebhooks import Webhook
 
@@ -221,17 +221,36 @@ def endpoint_create(
 # --- planning (called by the relay, inside its transaction) ---------------------------------
 
 
-@functools.cache
-def _active_endpoints_sql(alias: str) -> tuple[str, tuple[Any, ...]]:
-    return WebhookEndpoint.objects.using(alias).filter(active=True).query.sql_with_params()
-
-
 def active_endpoints(alias: str = DEFAULT_DB_ALIAS) -> list[WebhookEndpoint]:
-    """The active endpoints, as `WebhookEndpoint.objects.filter(active=True)` reads them, from
-    SQL compiled once per process: compiling it anew cost a small relay run as much as its
-    claim."""
-    sql, params = _active_endpoints_sql(alias)
-    return list(WebhookEndpoint.objects.raw(sql, params).using(alias))
+    """`WebhookEndpoint.objects.filter(active=True)`, with the query compiled once per process:
+    compiling it anew cost a small relay run as much as its claim did. Rows are converted as
+    the ORM converts them (the compiler's converters: JSON decoded, and SQLite's types)."""
+    sql, params, converters = _active_endpoints_query(alias)
+    connection = connections[alias]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    endpoints = []
+    for row in rows:
+        values = list(row)
+        for index, functions, expression in converters:
+            for convert in functions:
+                values[index] = convert(values[index], expression, connection)
+        endpoints.append(WebhookEndpoint.from_db(alias, _ENDPOINT_FIELDS, values))
+    return endpoints
+
+
+_ENDPOINT_FIELDS = [field.attname for field in WebhookEndpoint._meta.concrete_fields]
+
+
+@functools.cache
+def _active_endpoints_query(alias: str) -> tuple[str, Any, list[tuple[int, list[Any], Any]]]:
+    compiler = WebhookEndpoint.objects.filter(active=True).query.get_compiler(alias)
+    sql, params = compiler.as_sql()
+    columns = [column for column, _, _ in compiler.select]
+    assert len(columns) == len(_ENDPOINT_FIELDS)  # every field, in from_db's order
+    converters = compiler.get_converters(columns)
+    return sql, params, [(index, *converter) for index, converter in converters.items()]
 
 
 def plan_deliveries(

@@ -16,7 +16,7 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm
 
 from notifications import relay, tasks, webhooks
-from notifications.models import EmailNotice, OutboxEvent, WebhookDelivery
+from notifications.models import EmailNotice, OutboxEvent, WebhookDelivery, WebhookEndpoint
 from notifications.services import outbox_emit, outbox_emit_many
 from proposals import services
 from proposals.models import Proposal
@@ -134,6 +134,24 @@ def test_checkpoint_events_reach_global_and_matching_endpoints(world):
     assert delivery.event.topic == "checkpoint.bypassed"
     assert delivery.event.proposal_id is None
     assert not WebhookDelivery.objects.filter(endpoint=other).exists()
+
+
+def test_active_endpoints_read_as_the_orm_reads_them(world):
+    loopback_endpoint("b-decisions", events=["proposal.approved"], checkpoint=world.checkpoint)
+    loopback_endpoint("a-everything")
+    inactive = loopback_endpoint("c-inactive")
+    inactive.active = False
+    inactive.save(update_fields=["active"])
+
+    def fields(endpoint: WebhookEndpoint) -> dict[str, Any]:
+        return {f.attname: getattr(endpoint, f.attname) for f in endpoint._meta.concrete_fields}
+
+    read = webhooks.active_endpoints()
+    expected = list(WebhookEndpoint.objects.filter(active=True))
+    assert [e.name for e in read] == ["a-everything", "b-decisions"]
+    assert [fields(e) for e in read] == [fields(e) for e in expected]
+    assert read[1].events == ["proposal.approved"]  # JSON decoded, as the field decodes it
+    assert all(e._state.db == "default" and not e._state.adding for e in read)
 
 
 def test_relaying_again_plans_nothing_new(world):
