@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import jsonpatch
 from django.conf import settings
@@ -516,10 +516,11 @@ def insert_many_with_history(
 ) -> None:
     """As `_insert_with_history` for many rows (a bulk submit): each group, rows of one model,
     goes in with one INSERT … RETURNING * (its rows' values one JSON document: `_insert_sql`)
-    feeding the INSERT … SELECT of their history rows, every group in one statement. Their history rows name `user` and `when`,
-    with no change reason, as save() writes them for a row whose `_history_user` is `user`.
-    Then the `plain` rows, of one model without history (the outbox rows announcing them).
-    Elsewhere, bulk_create and simple_history's bulk_history_create, which write the same."""
+    feeding the INSERT … SELECT of their history rows, every group in one statement. Their
+    history rows name `user` and `when`, with no change reason, as save() writes them for a
+    row whose `_history_user` is `user`. Then the `plain` rows, of one model without history
+    (the outbox rows announcing them). Elsewhere, bulk_create and simple_history's
+    bulk_history_create, which write the same."""
     if connection.vendor != "postgresql":
         for group in groups:
             model = type(group[0]) if group else None
@@ -600,21 +601,53 @@ def _insert_sql(model: type[Model], fields: list[Any], rows: list[Model]) -> tup
         query.insert_values(fields, rows)
         [(sql, params)] = query.get_compiler(connection=db).as_sql()
         return sql, list(params)
-    sql, readers = plan
-    return sql, [json.dumps([[read(row) for read in readers] for row in rows])]
+    sql, columns = plan
+    return sql, [json.dumps([_json_row(row, columns, db) for row in rows])]
+
+
+# A column of the JSON document: the field, its attname, whether its value is pre_save's
+# (auto_now…) rather than the attribute, then its `_JSON_FORMS` entry.
+_JsonColumn = tuple[Any, str, bool, type | None, Any, Callable[[Any], Any]]
+
+
+def _json_row(row: Model, columns: tuple[_JsonColumn, ...], db: Any) -> list[Any]:
+    """`row`'s values for the JSON document: each what the compiler takes (pre_save for an
+    insert) in the form its column reads back exactly. A value of the type that goes in as it
+    is (a str, an int…) skips Django's preparation (per value, as much CPU as the rest of the
+    insert); one `convert` takes is converted (a UUID to its text…); another (a str in a
+    UUIDField, an int in a FloatField, a naive datetime) goes through get_db_prep_save
+    first, as the compiler sends it."""
+    attributes = row.__dict__
+    values: list[Any] = []
+    for model_field, attname, computed, plain, exact, convert in columns:
+        if computed:
+            value: Any = model_field.pre_save(row, True)
+        elif attname in attributes:
+            value = attributes[attname]
+        else:
+            value = getattr(row, attname)
+        if value is None or type(value) is plain:
+            values.append(value)
+            continue
+        if not isinstance(value, exact) or (exact is datetime and value.tzinfo is None):
+            value = model_field.get_db_prep_save(value, db)
+            if value is None:
+                values.append(None)
+                continue
+        values.append(convert(value))
+    return values
 
 
 @functools.cache
 def _json_insert(
     model: type[Model], fields: tuple[Any, ...]
-) -> tuple[str, list[Callable[[Model], Any]]] | None:
+) -> tuple[str, tuple[_JsonColumn, ...]] | None:
     """The INSERT … SELECT that reads `fields` of each row from the JSON document (a
-    parameter) and, per field, what goes into the document for a row: its value as the
-    compiler takes it (pre_save for an insert) in the form the column reads back exactly.
-    None when a field is of a kind this does not know."""
+    parameter), and its columns for `_json_row`. None when a field is of a kind the document
+    has no form for."""
     db = connections[DEFAULT_DB_ALIAS]
-    readers: list[Callable[[Model], Any]] = []
-    columns: list[str] = []
+    columns: list[_JsonColumn] = []
+    selected: list[str] = []
     for n, f in enumerate(fields):
         kind = (f.target_field if f.is_relation else f).get_internal_type()
         form = _JSON_FORMS.get(kind)
@@ -624,50 +657,23 @@ def _json_insert(
             if f.encoder is not None:
                 return None
             # JSON null is how the document says SQL NULL: a JSONField stores None as NULL.
-            columns.append(f"NULLIF(e->{n}, 'null')")
+            selected.append(f"NULLIF(e->{n}, 'null')")
         else:
             # The type without its parameters, as Django's UNNEST insert casts: a value too
             # long for varchar(n) then fails on assignment instead of being cut.
             base = f.db_type(db).split("(")[0]
-            columns.append(f"CAST(e->>{n} AS {base})")
-        readers.append(_json_reader(f, form))
+            selected.append(f"CAST(e->>{n} AS {base})")
+        computed = type(f).pre_save is not Field.pre_save and (
+            getattr(f, "auto_now", True) or getattr(f, "auto_now_add", True)
+        )
+        columns.append((f, f.attname, computed, *form))
     quote = db.ops.quote_name
     targets = ", ".join(quote(f.column) for f in fields)
     sql = (
         f"INSERT INTO {quote(model._meta.db_table)} ({targets})"  # noqa: S608 (names from the model)
-        f" SELECT {', '.join(columns)} FROM jsonb_array_elements(%s::jsonb) AS e"
+        f" SELECT {', '.join(selected)} FROM jsonb_array_elements(%s::jsonb) AS e"
     )
-    return sql, readers
-
-
-def _json_reader(
-    field: Any, form: tuple[type | None, Callable[[Any], Any]]
-) -> Callable[[Model], Any]:
-    """A row's value of `field` for the JSON document: what the compiler takes (pre_save for
-    an insert) in the form its column reads back exactly. A value of the type the form takes
-    as it is skips Django's preparation (per value, as much CPU as the rest of the insert);
-    another (a str in a UUIDField, an int in a FloatField, a naive datetime) goes through
-    get_db_prep_save first, as the compiler sends it."""
-    attname = field.attname
-    own_pre_save = type(field).pre_save is not Field.pre_save and (
-        getattr(field, "auto_now", True) or getattr(field, "auto_now_add", True)
-    )
-    exact, convert = form
-    aware = exact is datetime
-
-    def read(row: Model) -> Any:
-        value = field.pre_save(row, True) if own_pre_save else getattr(row, attname)
-        if value is None:
-            return None
-        if exact is not None and (
-            not isinstance(value, exact) or (aware and cast(datetime, value).tzinfo is None)
-        ):
-            value = field.get_db_prep_save(value, connections[DEFAULT_DB_ALIAS])
-            if value is None:
-                return None
-        return convert(value)
-
-    return read
+    return sql, tuple(columns)
 
 
 def _same(value: Any) -> Any:
@@ -683,9 +689,9 @@ def _iso(value: Any) -> str:
     return str(value.isoformat())
 
 
-# Per column kind (Django's internal type): the Python type a value may have to go into the
-# JSON document without Django's preparation, and how it goes in so that the column reads
-# back what the compiler would have sent (psycopg's text form of it).
+# Per column kind (Django's internal type): the type whose values go into the JSON document
+# as they are (None: none do), the type `convert` takes, and `convert`, which puts a value in
+# the form the column reads back as the compiler would have sent it (psycopg's text of it).
 _INTEGERS = (
     "AutoField",
     "BigAutoField",
@@ -697,19 +703,19 @@ _INTEGERS = (
     "PositiveBigIntegerField",
     "PositiveSmallIntegerField",
 )
-_JSON_FORMS: dict[str, tuple[type | None, Callable[[Any], Any]]] = {
+_JSON_FORMS: dict[str, tuple[type | None, type, Callable[[Any], Any]]] = {
     # A str subclass (a TextChoices member) is encoded as its text, as psycopg sends it.
-    **dict.fromkeys(("CharField", "TextField", "SlugField"), (str, _same)),
+    **dict.fromkeys(("CharField", "TextField", "SlugField"), (str, str, _same)),
     # int() of a bool or an IntEnum member: the number the compiler sends.
-    **dict.fromkeys(_INTEGERS, (int, int)),
-    "BooleanField": (bool, _same),
-    "FloatField": (float, _float_form),
-    "DecimalField": (Decimal, str),
-    "DateTimeField": (datetime, _iso),
-    "UUIDField": (uuid.UUID, str),
-    # Any value as it is (Django prepares none: it hands it to json.dumps, as here; only a
+    **dict.fromkeys(_INTEGERS, (int, int, int)),
+    "BooleanField": (bool, bool, _same),
+    "FloatField": (None, float, _float_form),
+    "DecimalField": (None, Decimal, str),
+    "DateTimeField": (None, datetime, _iso),
+    "UUIDField": (None, uuid.UUID, str),
+    # Any value as it is: Django prepares none, it hands it to json.dumps as here (only a
     # field with an encoder of its own would differ, and those take Django's compiler).
-    "JSONField": (None, _same),
+    "JSONField": (None, object, _same),
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
+from enum import IntEnum
 from typing import Any
 
 import pytest
@@ -152,10 +153,16 @@ def test_many_rows_in_one_statement_as_save_writes_each(world: Any) -> None:
     assert [_stored(p) for p, _ in by_statement] == [_stored(p) for p, _ in by_save]
 
 
+class _Two(IntEnum):
+    TWO = 2
+
+
 def _awkward(world: Any, n: int, key: str) -> tuple[Proposal, Revision]:
     """A proposal and its revision holding values the JSON document must carry exactly: text
     that needs escaping, floats and decimals at their edges, JSON null inside a JSONField and
-    SQL NULL for one, an int where a float goes, a TextChoices member, a key given as text."""
+    SQL NULL for one, values of other types than the field's (an int where a float goes, a
+    bool or an IntEnum member where an int goes, a float where a Decimal goes, a key given
+    as text), a TextChoices member."""
     data = services.ProposalInput(
         title=f'it\'s \\ "quoted" \u2028 𝄞 {n}',
         payload={"x": [0.1, 1e16, -0.0, None, True], "é": {"": "\u0001 \\n"}},
@@ -171,6 +178,10 @@ def _awkward(world: Any, n: int, key: str) -> tuple[Proposal, Revision]:
     now = timezone.now()
     proposal = services._new_proposal(world.submitter, world.checkpoint, data, f"{key}{n}", 2, now)
     proposal.status = Status.PENDING  # a TextChoices member, as _new_proposal sets it
+    proposal.quorum_required = True  # type: ignore[assignment]  # a bool where an int goes
+    proposal.eligible_reviewers = _Two.TWO
+    if n == 2:
+        proposal.impact = 0.1  # type: ignore[assignment]  # a float where a Decimal goes
     proposal._history_user = world.submitter  # type: ignore[attr-defined]
     revision = services._first_revision(proposal, data, world.submitter, now)
     revision.proposal_id = str(proposal.pk)  # type: ignore[assignment]  # text, not a UUID
