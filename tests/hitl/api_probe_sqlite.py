@@ -68,6 +68,51 @@ for name, method, path in PROBES:
     record(name, client.generic(method, path))
 record("unauthenticated", Client(raise_request_exception=False).get("/api/v1/checkpoints/"))
 
+# A bulk submit on SQLite (the portable path: bulk_create and bulk_history_create), one item
+# refused: what it wrote, and whether the audit chain still verifies event by event.
+bulk = client.post(
+    "/api/v1/proposals/bulk/",
+    {
+        "proposals": [
+            {"checkpoint": checkpoint.slug, "title": f"bulk {n}", "payload": {"n": n}}
+            for n in range(3)
+        ]
+        + [{"checkpoint": "nowhere", "title": "refused", "payload": {}}]
+    },
+    content_type="application/json",
+)
+record("bulk", bulk)
+
+
+def _written(proposal_id: str) -> dict[str, Any]:
+    from audit.models import AuditEvent
+    from proposals.models import Proposal, Revision
+
+    revision = Revision.objects.get(proposal_id=proposal_id)
+    return {
+        "history": Proposal.history.filter(id=proposal_id).count(),  # type: ignore[attr-defined]
+        "revision_history": Revision.history.filter(id=revision.pk).count(),  # type: ignore[attr-defined]
+        "events": list(
+            AuditEvent.objects.filter(proposal_id=proposal_id).values_list("verb", flat=True)
+        ),
+    }
+
+
+from audit.services import audit_verify  # noqa: E402
+
+created = [r["proposal"]["id"] for r in bulk.json()["results"] if r["status"] == 201]
+checked, broken = audit_verify()
+print(
+    json.dumps(
+        {
+            "name": "bulk-written",
+            "rows": [_written(proposal_id) for proposal_id in created],
+            "verified": checked,
+            "broken": broken is not None,
+        }
+    )
+)
+
 
 def boom(*args: Any, **kwargs: Any) -> Any:
     raise RuntimeError("a bug")

@@ -90,3 +90,17 @@ def test_label_filter_works_on_sqlite(answers):
 )
 def test_every_api_answer_is_the_json_error_shape_with_debug_on(answers, name, status):
     assert_json_error(answers[name], status)
+
+
+def test_bulk_submit_on_sqlite_writes_each_item_as_alone(answers):
+    """The embedded mode's bulk path (bulk_create, bulk_history_create, the audit batch as
+    INSERTs): each accepted item has its revision, a history row for both, and one submitted
+    event; the refused one is answered alone; the chain verifies."""
+    results = answers["bulk"]["body"]["results"]
+    assert [(r["index"], r["status"]) for r in results] == [(0, 201), (1, 201), (2, 201), (3, 400)]
+    written = answers["bulk-written"]
+    assert (
+        written["rows"]
+        == [{"history": 1, "revision_history": 1, "events": ["proposal.submitted"]}] * 3
+    )
+    assert written["verified"] >= 3 and not written["broken"]
