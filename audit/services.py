@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import zlib
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -318,9 +318,11 @@ def audit_record(
     data: dict[str, Any] | None = None,
     reason: str = "",
     chain: int | None = None,
+    lead: Lead | None = None,
 ) -> AuditEvent:
     """Append one event. Precondition: inside the transaction that makes the change it records.
-    `chain` is for anchors only; every other event goes where its transaction appends."""
+    `chain` is for anchors only; every other event goes where its transaction appends. `lead`
+    is a statement to run first (on PostgreSQL in the same round trip)."""
     if not connection.in_atomic_block:
         raise RuntimeError("audit_record must run inside the transaction it records.")
     forced = chain is not None
@@ -347,6 +349,9 @@ def audit_record(
     # waited for (seq and chain_seq are the order).
     event.chain, unlocked = _enter_chain(wanted, force=forced, lock=False)
     batch: _Batch | None = getattr(connection, "_audit_batch", None)
+    if lead is not None and (batch is not None or connection.vendor != "postgresql"):
+        lead.run_alone()
+        lead = None
     if batch is not None:
         if unlocked:
             _lock_chain(event.chain)
@@ -355,7 +360,7 @@ def audit_record(
             event.created_at = timezone.now()
             return batch.add(event)
     if connection.vendor == "postgresql":
-        _insert_linked(event, lock=unlocked)
+        _insert_linked(event, lock=unlocked, lead=lead)
         return event
     event.seq, event.chain_seq, event.prev_hash = _next_position(event.chain, lock=unlocked)
     event.created_at = timezone.now()
@@ -372,22 +377,34 @@ def audit_record(
 # by a statement after the lock's, as in _next_position.
 _INSERT_LINKED_SQL = (
     "WITH head AS ("
-    "  SELECT chain_seq, hash FROM audit_auditevent WHERE chain = %(chain)s"
+    "  SELECT chain_seq, hash FROM audit_auditevent WHERE chain = %s"
     "  ORDER BY chain_seq DESC LIMIT 1),"
-    " pos AS (SELECT nextval(%(sequence)s) AS seq,"
+    " pos AS (SELECT nextval(%s) AS seq,"
     "  coalesce((SELECT chain_seq FROM head), 0) + 1 AS chain_seq,"
-    "  coalesce((SELECT hash FROM head), %(genesis)s) AS prev_hash)"
+    "  coalesce((SELECT hash FROM head), %s) AS prev_hash)"
     " INSERT INTO audit_auditevent (seq, chain, chain_seq, created_at, actor_id, actor_label,"
     "  verb, proposal_id, checkpoint_id, revision, data, reason, prev_hash, hash, hash_version)"
-    " SELECT pos.seq, %(chain)s, pos.chain_seq, %(created_at)s, %(actor_id)s, %(actor_label)s,"
-    "  %(verb)s, %(proposal_id)s, %(checkpoint_id)s, %(revision)s, %(data)s::jsonb, %(reason)s,"
-    "  pos.prev_hash, encode(sha256(convert_to(%(text0)s || pos.chain_seq::text || %(text1)s"
-    "  || pos.seq::text || %(text2)s || pos.prev_hash, 'UTF8')), 'hex'), %(hash_version)s"
+    " SELECT pos.seq, %s, pos.chain_seq, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s,"
+    "  pos.prev_hash, encode(sha256(convert_to(%s || pos.chain_seq::text || %s"
+    "  || pos.seq::text || %s || pos.prev_hash, 'UTF8')), 'hex'), %s"
     " FROM pos RETURNING id, seq, chain_seq, prev_hash, hash"
 )
-_LOCK_THEN_INSERT_LINKED_SQL = (
-    "SELECT pg_advisory_xact_lock(%(lock_class)s, %(chain)s); " + _INSERT_LINKED_SQL
-)
+
+
+@dataclass(frozen=True)
+class Lead:
+    """A statement of the caller's to send ahead of an event's append, in the same round trip
+    (PostgreSQL; elsewhere it runs on its own first): the INSERT of the rows the event
+    records, say. `on_result` gets the cursor on the statement's result."""
+
+    sql: str
+    params: Sequence[Any]
+    on_result: Callable[[Any], None]
+
+    def run_alone(self) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(self.sql, self.params)
+            self.on_result(cursor)
 
 
 def _hash_text_parts(event: AuditEvent) -> tuple[str, str, str]:
@@ -415,33 +432,46 @@ def _hash_text_parts(event: AuditEvent) -> tuple[str, str, str]:
     return part0, rest[:at], rest[at + 1 :]
 
 
-def _insert_linked(event: AuditEvent, *, lock: bool) -> None:
-    """Append `event` (its chain set, its lock held or, with `lock`, taken here) in one round
-    trip; PostgreSQL only."""
+def _insert_linked(event: AuditEvent, *, lock: bool, lead: Lead | None = None) -> None:
+    """Append `event` (its chain set, its lock held or, with `lock`, taken here), after
+    `lead`, in one round trip; PostgreSQL only. Statements sent together still run one after
+    the other, each with its own snapshot: the head is read after the lock is granted."""
     assert HASH_VERSION == HASH_V3_CHAINS  # what _hash_text_parts cuts
     event.created_at = timezone.now()
     text0, text1, text2 = _hash_text_parts(event)
-    params: dict[str, Any] = {
-        "lock_class": AUDIT_LOCK_CLASS,
-        "chain": event.chain,
-        "sequence": GLOBAL_SEQUENCE,
-        "genesis": GENESIS_HASH,
-        "actor_id": event.actor_id,
-        "actor_label": event.actor_label,
-        "verb": event.verb,
-        "proposal_id": event.proposal_id,
-        "checkpoint_id": event.checkpoint_id,
-        "revision": event.revision,
-        "data": json.dumps(event.data),
-        "reason": event.reason,
-        "text0": text0,
-        "text1": text1,
-        "text2": text2,
-        "created_at": event.created_at,
-        "hash_version": HASH_VERSION,
-    }
+    sql: list[str] = []
+    params: list[Any] = []
+    if lead is not None:
+        sql.append(lead.sql)
+        params += lead.params
+    if lock:
+        sql.append(_LOCK_SQL)
+        params += [AUDIT_LOCK_CLASS, event.chain]
+    sql.append(_INSERT_LINKED_SQL)
+    params += [
+        event.chain,
+        GLOBAL_SEQUENCE,
+        GENESIS_HASH,
+        event.chain,
+        event.created_at,
+        event.actor_id,
+        event.actor_label,
+        event.verb,
+        event.proposal_id,
+        event.checkpoint_id,
+        event.revision,
+        json.dumps(event.data),
+        event.reason,
+        text0,
+        text1,
+        text2,
+        HASH_VERSION,
+    ]
     with connection.cursor() as cursor:
-        cursor.execute(_LOCK_THEN_INSERT_LINKED_SQL if lock else _INSERT_LINKED_SQL, params)
+        cursor.execute("; ".join(sql), params)
+        if lead is not None:
+            lead.on_result(cursor)
+            cursor.nextset()
         if lock:
             cursor.nextset()  # past the lock's result, to the insert's
         row = cursor.fetchone()

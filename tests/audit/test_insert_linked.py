@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.db import transaction
+from django.db import DataError, connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from audit import services
 from audit.models import AuditEvent
@@ -56,4 +57,29 @@ def test_a_hash_the_database_got_wrong_appends_nothing(world: Any, monkeypatch: 
     with pytest.raises(RuntimeError, match="hashed event"), transaction.atomic():
         audit_record(verb="test.wrong", actor=None, proposal=proposal)
     assert AuditEvent.objects.count() == before
+    assert audit_verify()[1] is None
+
+
+def test_a_lead_statement_goes_in_the_same_round_trip(world: Any) -> None:
+    proposal = submit(world.submitter, world.checkpoint)
+    got: list[Any] = []
+    lead = services.Lead("SELECT %s::int + 1", [41], lambda cursor: got.append(cursor.fetchone()))
+    with transaction.atomic(), CaptureQueriesContext(connection) as statements:
+        event = audit_record(verb="test.lead", actor=None, proposal=proposal, lead=lead)
+    assert got == [(42,)]
+    assert len(statements) == 1
+    assert AuditEvent.objects.get(pk=event.pk).hash == event.hash
+    assert audit_verify()[1] is None
+
+
+def test_a_failing_lead_appends_nothing(world: Any) -> None:
+    proposal = submit(world.submitter, world.checkpoint)
+    before = AuditEvent.objects.count()
+    lead = services.Lead("SELECT 1 / %s", [0], lambda cursor: None)
+    with pytest.raises(DataError), transaction.atomic():
+        audit_record(verb="test.lead", actor=None, proposal=proposal, lead=lead)
+    assert AuditEvent.objects.count() == before
+    with transaction.atomic():
+        audit_record(verb="test.after", actor=None, proposal=proposal)
+    assert AuditEvent.objects.count() == before + 1
     assert audit_verify()[1] is None
