@@ -55,10 +55,16 @@ def voting_codenames(*, escalated: bool) -> tuple[str, ...]:
     return (REVIEW, REVIEW_ESCALATED) if escalated else (REVIEW,)
 
 
+# voting_codenames as sets: may_vote_with is asked for every row of a list page.
+_VOTING = frozenset(voting_codenames(escalated=False))
+_VOTING_ESCALATED = frozenset(voting_codenames(escalated=True))
+
+
 def may_vote_with(grants: Collection[str], *, is_submitter: bool, escalated: bool) -> bool:
     """THE rule of who may vote on a proposal, given the codenames the user holds on its
     checkpoint. Used for one user (Access.may_review) and for the electorate (electorate)."""
-    return not is_submitter and any(c in grants for c in voting_codenames(escalated=escalated))
+    voting = _VOTING_ESCALATED if escalated else _VOTING
+    return not is_submitter and not voting.isdisjoint(grants)
 
 
 @dataclass(frozen=True)
