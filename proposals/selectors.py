@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import operator
 import uuid
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import reduce
@@ -267,9 +267,11 @@ class _CompiledPage:
     # Per parameter: a stand-in (replaced by its value) or a constant.
     params: tuple[tuple[bool, Any], ...]
     names: tuple[str, ...]
-    fields: tuple[Any, ...]
-    col_count: int
-    query: Any
+    # The columns' converters as the ORM looks them up (position, converters, expression),
+    # called by `_one_argument` with the running request's connection. They are the fields'
+    # and the backend's (the key of `_compiled_pages` holds the alias and vendor): looking them
+    # up on every run walked every column of every page.
+    converters: tuple[tuple[int, tuple[Any, ...], Any], ...]
 
     @classmethod
     def build(
@@ -315,20 +317,22 @@ class _CompiledPage:
             names = list(query.selected)
         else:
             names = [*query.extra_select, *query.values_select, *query.annotation_select]
-        return cls(sql, tuple(plan), tuple(names), tuple(fields), compiler.col_count, query)
+        converters = tuple(
+            (pos, tuple(convs), expression)
+            for pos, (convs, expression) in compiler.get_converters(fields).items()
+        )
+        return cls(sql, tuple(plan), tuple(names), converters)
 
     def run(self, db: str, real: dict[Any, Any]) -> list[dict[str, Any]]:
         params = [real[p] if stood else p for stood, p in self.params]
-        with connections[db].cursor() as cursor:
-            _load_utc_timestamps_natively(connections[db], cursor)
+        connection = connections[db]
+        with connection.cursor() as cursor:
+            _load_utc_timestamps_natively(connection, cursor)
             cursor.execute(self.sql, params)
             rows = cursor.fetchall()
-        # The converters of this connection, as the ORM applies them (JSON decoding, ...).
-        compiler = self.query.get_compiler(db)
-        connection = compiler.connection
         converters = [
             (pos, _one_argument(convs, expression, connection))
-            for pos, (convs, expression) in compiler.get_converters(self.fields).items()
+            for pos, convs, expression in self.converters
         ]
         names, width = self.names, len(self.names)
         out = []
@@ -360,7 +364,7 @@ def _decode_json(value: Any, fallback: Callable[[Any], Any]) -> Any:
     return fallback(value)
 
 
-def _one_argument(convs: list[Any], expression: Any, connection: Any) -> Callable[[Any], Any]:
+def _one_argument(convs: Sequence[Any], expression: Any, connection: Any) -> Callable[[Any], Any]:
     """A column's converters as one call of its value, JSON columns decoded by `_decode_json`."""
 
     def chain(value: Any) -> Any:
