@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -73,11 +74,22 @@ def _relay_pending_key() -> str:
     return f"nihil:relay-pending:{connection.settings_dict['NAME']}:{queue}"
 
 
+# A Redis client per producer channel, kept while the channel lives: kombu's conn_or_acquire
+# builds a new one per call (a redis.Redis and its ~80 response callbacks), most of the CPU of
+# setting or clearing the flag. It draws connections from the channel's pool as before.
+_flag_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
 @contextmanager
 def _broker_client() -> Iterator[tuple[Any, Any]]:
     """A producer from the app's pool and a Redis client on its broker connection."""
     app: Any = relay_outbox.app  # (celery's stubs miss FallbackContext's context manager)
-    with app.producer_or_acquire() as producer, producer.channel.conn_or_acquire() as client:
+    with app.producer_or_acquire() as producer:
+        channel = producer.channel
+        client = _flag_clients.get(channel)
+        if client is None:
+            with channel.conn_or_acquire() as client:
+                _flag_clients[channel] = client
         yield producer, client
 
 
