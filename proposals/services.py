@@ -589,9 +589,10 @@ def _insert_sql(model: type[Model], fields: list[Any], rows: list[Model]) -> tup
     """INSERT of `rows` (no RETURNING), their values sent as one parameter: a JSON array of
     rows, each the array of its values, that the statement reads back column by column
     (`_json_insert`). As a multi-row VALUES list (or Django's UNNEST of an array per column)
-    Django prepares every value and psycopg quotes each of them: a third of a bulk submit's
-    CPU, where one `json.dumps` and one quoted string cost a tenth of that. A model with a
-    column of another kind goes through Django's compiler, as before."""
+    Django prepares every value and psycopg quotes each of them (psycopg's arrays in pure
+    Python): half of a 500-item bulk submit's CPU in its profile, where building and quoting
+    the one document costs a sixth of that. A model with a column of another kind goes
+    through Django's compiler, as before."""
     # The connection itself, not the `django.db.connection` proxy: every lookup through the
     # proxy is a thread-local read.
     db = connections[DEFAULT_DB_ALIAS]
