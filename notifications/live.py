@@ -34,6 +34,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Generic, NotRequired, TypedDict, TypeVar
 
+import orjson
 import redis
 from asgiref.sync import SyncToAsync, async_to_sync, sync_to_async
 from channels.db import DatabaseSyncToAsync
@@ -148,11 +149,17 @@ def _append(messages: list[tuple[str, LiveMessage]]) -> None:
         by_id.setdefault(id(message), (message, []))[1].append(group)
     # One argument for the whole batch, one line per part (JSON text holds no raw newline):
     # an argument per part cost the client an encoding each, a reply per event a parse each.
-    entries = "".join(
-        f"{json.dumps(groups)}\n{json.dumps(message)}\n" for message, groups in by_id.values()
+    # orjson: the same JSON values as json.dumps (compact, UTF-8), at a fraction of its CPU.
+    entries = b"".join(
+        b"%b\n%b\n" % (orjson.dumps(groups), orjson.dumps(message))
+        for message, groups in by_id.values()
     )
     seqs: bytes = stream_client().eval(  # type: ignore[assignment]
-        _APPEND_ALL, 1, STREAM_KEY, str(settings.HITL_LIVE_REPLAY_MESSAGES), entries
+        _APPEND_ALL,
+        1,
+        STREAM_KEY,
+        str(settings.HITL_LIVE_REPLAY_MESSAGES),
+        entries,  # type: ignore[arg-type]  # (redis-py sends bytes as they are; stubs say str)
     )
     for (message, _), seq in zip(by_id.values(), seqs.decode().split(), strict=True):
         message["seq"] = seq
