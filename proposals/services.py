@@ -39,7 +39,7 @@ from django.utils import timezone
 from referencing.exceptions import Unresolvable
 from simple_history.models import HistoricalRecords
 
-from audit.services import audit_record, canonical_json
+from audit.services import Lead, audit_record, canonical_json
 from notifications.services import outbox_emit, outbox_emit_many, outbox_event
 from proposals import policy
 from proposals.errors import (
@@ -457,30 +457,38 @@ def proposal_submit(
         revision = _first_revision(proposal, data, submitter, now)
         decision = _route(proposal, checkpoint, data, now)
         submitted = _submitted_data(decision, revision)
-        # The outbox row goes in with the proposal (one statement); its audit event follows.
+        # The outbox row goes in with the proposal (one statement), sent on PostgreSQL in one
+        # round trip with the audit event's lock and append.
         announced = outbox_event("proposal.submitted", proposal=proposal, data=submitted)
+        inserts = _insert_with_history_lead(proposal, revision, plain=[announced])
+        # Created in this transaction: invisible to everyone else, so as good as locked.
+        proposal._hitl_locked = True  # type: ignore[attr-defined]
+
+        def write() -> None:
+            if inserts is None:
+                _insert_with_history(proposal, revision, plain=[announced])
+            audit_record(
+                verb="proposal.submitted",
+                actor=submitter,
+                proposal=proposal,
+                revision=proposal.revision,
+                data=submitted,
+                lead=inserts,
+            )
+
         if idempotency_key is None:
             # A fresh UUID and no key: no constraint can fail, so no savepoint to pay for.
-            _insert_with_history(proposal, revision, plain=[announced])
+            write()
         else:
             try:
                 with transaction.atomic():
-                    _insert_with_history(proposal, revision, plain=[announced])
+                    write()
             except IntegrityError:
                 # Only the (submitter, idempotency_key) constraint can fail on a fresh UUID:
                 # the key's API record expired (HITL_IDEMPOTENCY_TTL_HOURS) but keys stay unique.
                 raise IdempotencyMismatch(
                     "This Idempotency-Key was already used for another proposal."
                 ) from None
-        # Created in this transaction: invisible to everyone else, so as good as locked.
-        proposal._hitl_locked = True  # type: ignore[attr-defined]
-        audit_record(
-            verb="proposal.submitted",
-            actor=submitter,
-            proposal=proposal,
-            revision=proposal.revision,
-            data=submitted,
-        )
         _apply_route(proposal, decision, data)
     # What was written is what the caller answers with: its one revision and no votes yet,
     # without reading the proposal back (hitl.api.views).
@@ -502,11 +510,20 @@ def _insert_with_history(*rows: Model, plain: Sequence[Model] = ()) -> None:
     proposal, its first revision and its outbox row. Elsewhere, save() one by one. Nothing
     here listens to these models' other save signals (none but simple_history's are
     connected)."""
-    if connection.vendor != "postgresql":
+    lead = _insert_with_history_lead(*rows, plain=plain)
+    if lead is None:
         for row in [*rows, *plain]:
             row.save(force_insert=True)
         return
-    _insert_groups(
+    lead.run_alone()
+
+
+def _insert_with_history_lead(*rows: Model, plain: Sequence[Model] = ()) -> Lead | None:
+    """`_insert_with_history`'s statement on PostgreSQL, for the caller to send (with the
+    audit append that records these rows: audit_record(lead=…)); None elsewhere."""
+    if connection.vendor != "postgresql":
+        return None
+    return _insert_groups_lead(
         [([row], _history_values(row, "+")) for row in rows] + [([row], None) for row in plain]
     )
 
@@ -541,6 +558,10 @@ def insert_many_with_history(
 
 
 def _insert_groups(groups: list[tuple[list[Model], list[Any] | None]]) -> None:
+    _insert_groups_lead(groups).run_alone()
+
+
+def _insert_groups_lead(groups: list[tuple[list[Model], list[Any] | None]]) -> Lead:
     """One statement: for each (rows of one model, their history values: date, type, user,
     change reason; None for a model without history), the rows' INSERT … RETURNING * and the
     INSERT … SELECT of their history rows from it. Primary keys the database assigns are set
@@ -573,16 +594,18 @@ def _insert_groups(groups: list[tuple[list[Model], list[Any] | None]]) -> None:
         f"ARRAY(SELECT {quote(rows[0]._meta.pk.column)} FROM r{n})"  # type: ignore[union-attr]  # noqa: S608
         for n, (rows, _values) in enumerate(groups)
     )
-    with connection.cursor() as cursor:
-        cursor.execute(f"WITH {', '.join(parts)} SELECT {keys}", params)
+
+    def inserted(cursor: Any) -> None:
         returned = cursor.fetchone()
-    alias = connection.alias
-    for (rows, _values), pks in zip(groups, returned, strict=True):
-        for row, pk in zip(rows, pks, strict=True):
-            if row.pk is None:
-                row.pk = pk
-            row._state.adding = False
-            row._state.db = alias
+        alias = connection.alias
+        for (rows, _values), pks in zip(groups, returned, strict=True):
+            for row, pk in zip(rows, pks, strict=True):
+                if row.pk is None:
+                    row.pk = pk
+                row._state.adding = False
+                row._state.db = alias
+
+    return Lead(f"WITH {', '.join(parts)} SELECT {keys}", params, inserted)
 
 
 def _insert_sql(model: type[Model], fields: list[Any], rows: list[Model]) -> tuple[str, list[Any]]:

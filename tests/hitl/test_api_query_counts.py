@@ -27,9 +27,10 @@ LIST = "/api/v1/proposals/"
 
 # Inside a test's transaction: a savepoint and its release around the service's atomic block.
 # Once the key, the checkpoint and its electorate are remembered: proposal, revision, their
-# history rows and the outbox row (one statement), the audit event (lock, then head read,
-# position and hash in the INSERT itself: one round trip) = 2, plus the savepoint pair.
-SUBMIT_MAX_QUERIES = 4
+# history rows and the outbox row in one statement, sent in one round trip with the audit
+# event's lock and append (head read, position and hash in the INSERT itself) = 1, plus the
+# savepoint pair.
+SUBMIT_MAX_QUERIES = 3
 # The page, nothing per row, nothing for the caller's key or grants once cached.
 LIST_MAX_QUERIES = 2
 
