@@ -222,6 +222,31 @@ def test_relay_remembers_reviewers_while_the_rights_version_holds(world, private
     assert notified(fourth) == {"rita"}
 
 
+def test_claimed_events_are_the_rows_the_orm_reads(world):
+    """The claim builds its instances without Model.__init__ (relay._loaded): they must hold
+    what the ORM would, load deferred columns on access, and no model involved may have
+    init signal receivers that such a build would skip."""
+    from django.db.models.signals import post_init, pre_init
+
+    for model in (OutboxEvent, Proposal):
+        assert not pre_init.has_listeners(model) and not post_init.has_listeners(model)
+    proposal = submit(world.submitter, world.checkpoint, title="Read me")
+    with transaction.atomic():
+        (claimed,) = relay._claim(10, timezone.now())
+        event = claimed.event
+        stored = OutboxEvent.objects.select_related("proposal").get(pk=event.pk)
+        for field in OutboxEvent._meta.concrete_fields:
+            if field.attname != "dispatched_at":
+                assert getattr(event, field.attname) == getattr(stored, field.attname)
+        assert event.dispatched_at is not None and not event._state.adding
+        assert event.proposal.pk == proposal.pk and event.proposal.status == "pending"
+        assert event.proposal.created_at == stored.proposal.created_at
+        with CaptureQueriesContext(connection) as queries:
+            assert event.proposal.title == "Read me"  # deferred: read when asked
+        assert len(queries) == 1
+        transaction.set_rollback(True)
+
+
 def test_relay_batches_split_large_backlogs(world, monkeypatch):
     monkeypatch.setattr(relay, "BATCH_SIZE", 4)
     for _ in range(5):
