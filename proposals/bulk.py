@@ -4,9 +4,9 @@ Each item is checked, built, routed and announced by the very functions a single
 (`proposals.services`), so a bulk item ends exactly as the same item submitted alone. What
 differs is only how the rows reach the database: the proposals, their revisions, both
 history tables (each history row copied from its row as inserted) and the outbox rows in one
-statement for the whole call, and the audit events appended through
-`audit_batch` (one head read and one append for all of them, each event still hashed,
-chained and positioned as if recorded one by one).
+statement for the whole call, and their audit events by `audit_append_rows` (one head read
+and one COPY for all of them, each event still hashed, chained and positioned as if recorded
+one by one), with those routing adds after them in one `audit_batch`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from django.db import transaction
 from django.utils import timezone
 
-from audit.services import audit_batch, audit_record
+from audit.services import audit_append_rows, audit_batch, jsonable
 from notifications.services import outbox_event
 from proposals import policy
 from proposals.errors import ApplicationError
@@ -85,14 +85,25 @@ def proposal_submit_many(
     with transaction.atomic(), audit_batch():
         announced = [outbox_event("proposal.submitted", proposal=p, data=e) for p, e in submitted]
         insert_many_with_history(proposals, revisions, user=submitter, when=now, plain=announced)
-        for proposal, event in submitted:
-            audit_record(
-                verb="proposal.submitted",
-                actor=submitter,
-                proposal=proposal,
-                revision=proposal.revision,
-                data=event,
-            )
+        # Appended now, ahead of the events routing adds to the batch: as audit_record would
+        # append them one by one, without a model instance and a batch entry per event.
+        label = submitter.get_username()
+        audit_append_rows(
+            [
+                {
+                    "created_at": now,
+                    "actor_id": submitter.pk,
+                    "actor_label": label,
+                    "verb": "proposal.submitted",
+                    "proposal_id": proposal.pk,
+                    "checkpoint_id": proposal.checkpoint_id,
+                    "revision": proposal.revision,
+                    "reason": "",
+                    "data": jsonable(event),
+                }
+                for proposal, event in submitted
+            ]
+        )
         for proposal, _revision, decision, data in written:
             # Created in this transaction: invisible to everyone else, so as good as locked.
             proposal._hitl_locked = True  # type: ignore[attr-defined]
