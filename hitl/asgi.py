@@ -139,11 +139,14 @@ GC_THRESHOLD_0 = 7000
 
 
 def get_asgi_application() -> SyncStackASGIHandler:
-    """django.core.asgi.get_asgi_application, with the handler above, every URL's view
-    imported, and the start-up's objects (modules, settings, URL patterns, middleware) moved
-    out of the collector's sight (gc.freeze): they live as long as the process, and each full
-    collection walked all of them."""
+    """django.core.asgi.get_asgi_application, with the handler above, relay kicks off the
+    requests' path (notifications.kicks), every URL's view imported, and the start-up's
+    objects (modules, settings, URL patterns, middleware) moved out of the collector's sight
+    (gc.freeze): they live as long as the process, and each full collection walked them all."""
     django.setup(set_prefix=False)
+    from notifications import kicks
+
+    kicks.kick_in_background()
     handler = SyncStackASGIHandler()
     get_resolver().url_patterns  # noqa: B018  # imports every view now, so it is frozen too
     gc.collect()

@@ -9,6 +9,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audit.services import copy_rows, jsonable
+from notifications import kicks
 from notifications.models import OutboxEvent
 
 if TYPE_CHECKING:
@@ -98,9 +99,8 @@ def _payload(topic: str, proposal: Proposal | None, data: dict[str, Any] | None)
 
 def _kick_relay_on_commit() -> None:
     """Once per transaction, however many events it writes: after commit, ask a worker to
-    relay. (Django keeps pending callbacks in connection.run_on_commit.)"""
-    from notifications.tasks import kick_relay
-
-    if any(entry[1] is kick_relay for entry in connection.run_on_commit):
+    relay (notifications.kicks: in a web process, off the request's path). Django keeps
+    pending callbacks in connection.run_on_commit."""
+    if any(entry[1] is kicks.after_commit for entry in connection.run_on_commit):
         return
-    transaction.on_commit(kick_relay, robust=True)
+    transaction.on_commit(kicks.after_commit, robust=True)

@@ -262,6 +262,9 @@ HITL_WEBHOOK_MAX_ATTEMPTS = env_int("HITL_WEBHOOK_MAX_ATTEMPTS", 15, minimum=1)
 HITL_EMAIL_DIGEST_MINUTES = env_int("HITL_EMAIL_DIGEST_MINUTES", 15, minimum=1)
 HITL_EMAIL_LINK_MAX_AGE_HOURS = env_int("HITL_EMAIL_LINK_MAX_AGE_HOURS", 72, minimum=1)
 HITL_RELAY_INTERVAL_SECONDS = env_int("HITL_RELAY_INTERVAL_SECONDS", 30, minimum=1)
+# Web processes (config.asgi) kick the relay from a thread of their own after a commit,
+# not in the request (notifications.kicks).
+HITL_RELAY_KICKS_IN_BACKGROUND = True
 HITL_LIVE_SEND_TIMEOUT_SECONDS = env_int("HITL_LIVE_SEND_TIMEOUT_SECONDS", 2, minimum=1)
 
 CELERY_BROKER_URL = REDIS_URL

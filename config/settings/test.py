@@ -15,6 +15,9 @@ from config.settings.base import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast user factories
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+# The pytest process imports config.asgi (websocket tests): its kicks stay in the committing
+# thread, so a test sees them at commit. Servers that tests start use the base settings.
+HITL_RELAY_KICKS_IN_BACKGROUND = False
 REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"anon": "100000/minute", "user": "100000/minute"}  # noqa: F405
 
 # One test database per pytest process, so concurrent runs (developers, CI, parallel helpers)

@@ -15,7 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from guardian.shortcuts import assign_perm
 
-from notifications import relay, tasks, webhooks
+from notifications import kicks, relay, tasks, webhooks
 from notifications.models import EmailNotice, OutboxEvent, WebhookDelivery, WebhookEndpoint
 from notifications.services import outbox_emit, outbox_emit_many
 from proposals import services
@@ -260,7 +260,7 @@ def test_relay_batches_split_large_backlogs(world, monkeypatch):
 
 
 def _kicks() -> int:
-    return sum(1 for entry in connection.run_on_commit if entry[1] is tasks.kick_relay)
+    return sum(1 for entry in connection.run_on_commit if entry[1] is kicks.after_commit)
 
 
 @pytest.mark.django_db(transaction=True)
