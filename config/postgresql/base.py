@@ -1,4 +1,5 @@
-"""Django's PostgreSQL backend, with psycopg's pool checking only connections that sat idle.
+"""Django's PostgreSQL backend, with psycopg's pool checking only connections that sat idle,
+and a transaction's BEGIN sent with its first statement.
 
 With CONN_HEALTH_CHECKS, Django gives the pool psycopg's `check_connection`, which sends an
 empty query on every `getconn`: one more round trip on every request, before its first
@@ -7,6 +8,15 @@ pays none). A connection handed out within the last RECENTLY_USED_SECONDS was wo
 moment ago, and the pool has looked at its state on return (a broken or mid-transaction
 connection is discarded then); only one that has been idle longer, which a server restart, an
 idle timeout or a network cut may have killed meanwhile, is checked before it is handed out.
+
+psycopg opens a transaction with a BEGIN of its own, a round trip before the first statement
+(a third of a submit's round trips to PostgreSQL). Here psycopg stays in autocommit mode and
+the backend tracks Django's: a transaction's BEGIN goes out in front of its first statement,
+in the same simple query (client-side binding sends both at once; PostgreSQL runs them one
+after the other, as if sent apart). A statement that cannot carry it (executemany, COPY, a
+named cursor, a composed query) sends it alone first, as psycopg did. COMMIT and ROLLBACK
+are psycopg's, which send nothing when no statement ran: an atomic block that wrote nothing
+costs no round trip at all.
 """
 
 from __future__ import annotations
@@ -17,9 +27,12 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base
+from psycopg import pq
 from psycopg_pool import ConnectionPool
 
 RECENTLY_USED_SECONDS = 1.0
+# Django's backend module, for the names its stubs lack (the psycopg 3 cursors and loaders).
+_pg: Any = base
 
 
 def check_unless_recently_used(conn: Any) -> None:
@@ -31,6 +44,33 @@ def check_unless_recently_used(conn: Any) -> None:
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
+    def get_connection_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = super().get_connection_params()
+        if params.get("cursor_factory") is _pg.Cursor:
+            params["cursor_factory"] = Cursor
+        return params
+
+    def _set_autocommit(self, autocommit: bool) -> None:
+        """psycopg stays in autocommit mode; leaving Django's marks a BEGIN as pending (sent
+        with the next statement, by Cursor above)."""
+        with self.wrap_database_errors:
+            if not self.connection.autocommit:
+                self.connection.autocommit = True
+            self.connection._nihil_begin_pending = not autocommit
+
+    def create_cursor(self, name: str | None = None) -> Any:
+        if name:  # a named cursor: DECLARE … WITH HOLD outside a transaction, as Django's
+            _begin_alone(self.connection)
+            held = self.connection.info.transaction_status == pq.TransactionStatus.IDLE
+            cursor = _pg.ServerSideCursor(
+                self.connection, name=name, scrollable=False, withhold=held
+            )
+            tzloader = self.connection.adapters.get_loader(_pg.TIMESTAMPTZ_OID, _pg.Format.TEXT)
+            if self.timezone != tzloader.timezone:
+                _pg.register_tzloader(self.timezone, cursor)
+            return cursor
+        return super().create_cursor(name)
+
     @property
     def pool(self) -> ConnectionPool | None:
         """Django's pool (django.db.backends.postgresql.base.DatabaseWrapper.pool), built with
@@ -56,3 +96,58 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 ),
             )
         return pools[self.alias]
+
+
+def _pending_begin(conn: Any) -> str | None:
+    """The BEGIN to send before `conn`'s next statement, or None; taken (cleared) here."""
+    if not getattr(conn, "_nihil_begin_pending", False):
+        return None
+    conn._nihil_begin_pending = False
+    # psycopg's own BEGIN, with the isolation level and access mode set on the connection.
+    return conn._get_tx_start_command().decode()  # type: ignore[no-any-return]
+
+
+def _begin_alone(conn: Any) -> None:
+    begin = _pending_begin(conn)
+    if begin is not None:
+        try:
+            conn.execute(begin)
+        except BaseException:
+            _begin_not_sent(conn)
+            raise
+
+
+def _begin_not_sent(conn: Any) -> None:
+    """After a failure: if the server opened no transaction (the statement never left, a
+    parameter could not be adapted), the next statement must still open it."""
+    if conn.info.transaction_status == pq.TransactionStatus.IDLE:
+        conn._nihil_begin_pending = True
+
+
+class Cursor(_pg.Cursor):  # type: ignore[misc]  # untyped in the stubs
+    """Django's client-side-binding cursor, sending a pending BEGIN in front of a statement."""
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        begin = _pending_begin(self.connection) if isinstance(query, str) else None
+        if begin is None:
+            _begin_alone(self.connection)
+            return super().execute(query, params, **kwargs)
+        try:
+            super().execute(f"{begin}; {query}", params, **kwargs)
+        except BaseException:
+            _begin_not_sent(self.connection)
+            raise
+        self.nextset()  # past BEGIN's result, to the statement's
+        return self
+
+    def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> Any:
+        _begin_alone(self.connection)
+        return super().executemany(query, params_seq, **kwargs)
+
+    def copy(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        _begin_alone(self.connection)
+        return super().copy(statement, *args, **kwargs)
+
+    def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        _begin_alone(self.connection)
+        return super().stream(query, params, **kwargs)

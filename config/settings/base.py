@@ -129,6 +129,10 @@ else:
     # connection per thread exhausted max_connections ("too many clients already" at 20
     # concurrent requests). psycopg's pool bounds each process to DB_POOL_MAX_SIZE
     # connections; requests beyond that wait up to DB_POOL_TIMEOUT seconds for one.
+    # Django's backend, with a transaction's BEGIN sent with its first statement, and the pool
+    # checking only connections idle for a while (config/postgresql: no round trip of their
+    # own on every transaction and every request).
+    DATABASES["default"]["ENGINE"] = "config.postgresql"
     DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 0, minimum=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DB_POOL = env_bool("DB_POOL", True)
@@ -144,9 +148,6 @@ else:
             raise ImproperlyConfigured(
                 f"DB_POOL_MIN_SIZE={DB_POOL_MIN_SIZE} is above DB_POOL_MAX_SIZE={DB_POOL_MAX_SIZE}."
             )
-        # Django's backend, with the pool checking only connections idle for a while
-        # (config/postgresql: no health-check round trip on every request under load).
-        DATABASES["default"]["ENGINE"] = "config.postgresql"
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": DB_POOL_MIN_SIZE,
             "max_size": DB_POOL_MAX_SIZE,
