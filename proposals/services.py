@@ -290,6 +290,16 @@ def _update_rows(proposals: list[Proposal], names: list[str]) -> None:
     fields = [field for field in meta.concrete_fields if field.name in names]
     if len(fields) != len(names):
         raise ValueError(f"not fields of Proposal: {names}")
+    if connection.vendor == "postgresql":
+        plan = _json_update(Proposal, tuple(fields))
+        if plan is not None:
+            # One parameter, as _insert_sql: not a quoted parameter per value and row.
+            sql, json_columns = plan
+            db = connections[DEFAULT_DB_ALIAS]
+            document = json.dumps([_json_row(p, json_columns, db) for p in proposals])
+            with connection.cursor() as cursor:
+                cursor.execute(sql, [document])
+            return
     columns = [next(field for field in meta.concrete_fields if field.primary_key), *fields]
     quote = connection.ops.quote_name
     if connection.vendor == "postgresql":
@@ -669,6 +679,26 @@ def _json_insert(
     """The INSERT … SELECT that reads `fields` of each row from the JSON document (a
     parameter), and its columns for `_json_row`. None when a field is of a kind the document
     has no form for."""
+    read = _json_columns(fields, insert=True)
+    if read is None:
+        return None
+    selected, columns = read
+    quote = connections[DEFAULT_DB_ALIAS].ops.quote_name
+    targets = ", ".join(quote(f.column) for f in fields)
+    sql = (
+        f"INSERT INTO {quote(model._meta.db_table)} ({targets})"  # noqa: S608 (names from the model)
+        f" SELECT {', '.join(selected)} FROM jsonb_array_elements(%s::jsonb) AS e"
+    )
+    return sql, columns
+
+
+def _json_columns(
+    fields: tuple[Any, ...], *, insert: bool
+) -> tuple[list[str], tuple[_JsonColumn, ...]] | None:
+    """Per field, the expression that reads its value from a row `e` of the JSON document,
+    and its column for `_json_row` (with `insert`, a field whose pre_save computes its value,
+    auto_now…, takes it from there, as an INSERT does); None when a field is of a kind the
+    document has no form for."""
     db = connections[DEFAULT_DB_ALIAS]
     columns: list[_JsonColumn] = []
     selected: list[str] = []
@@ -687,17 +717,36 @@ def _json_insert(
             # long for varchar(n) then fails on assignment instead of being cut.
             base = f.db_type(db).split("(")[0]
             selected.append(f"CAST(e->>{n} AS {base})")
-        computed = type(f).pre_save is not Field.pre_save and (
-            getattr(f, "auto_now", True) or getattr(f, "auto_now_add", True)
+        computed = (
+            insert
+            and type(f).pre_save is not Field.pre_save
+            and (getattr(f, "auto_now", True) or getattr(f, "auto_now_add", True))
         )
         columns.append((f, f.attname, computed, *form))
-    quote = db.ops.quote_name
-    targets = ", ".join(quote(f.column) for f in fields)
+    return selected, tuple(columns)
+
+
+@functools.cache
+def _json_update(
+    model: type[Model], fields: tuple[Any, ...]
+) -> tuple[str, tuple[_JsonColumn, ...]] | None:
+    """The UPDATE of `fields` of many rows, each row's values (its primary key first) read
+    from the JSON document, and its columns for `_json_row`; None as `_json_columns`."""
+    pk = model._meta.pk
+    read = _json_columns((pk, *fields), insert=False)
+    if read is None:
+        return None
+    selected, columns = read
+    quote = connections[DEFAULT_DB_ALIAS].ops.quote_name
+    table, key = quote(model._meta.db_table), quote(pk.column)  # type: ignore[union-attr]
+    names = [quote(f.column) for f in (pk, *fields)]
+    reads = ", ".join(f"{expr} AS {name}" for expr, name in zip(selected, names, strict=True))
+    assignments = ", ".join(f"{name} = v.{name}" for name in names[1:])
     sql = (
-        f"INSERT INTO {quote(model._meta.db_table)} ({targets})"  # noqa: S608 (names from the model)
-        f" SELECT {', '.join(selected)} FROM jsonb_array_elements(%s::jsonb) AS e"
+        f"WITH v AS (SELECT {reads} FROM jsonb_array_elements(%s::jsonb) AS e)"  # noqa: S608 (names from the model)
+        f" UPDATE {table} SET {assignments} FROM v WHERE {table}.{key} = v.{key}"
     )
-    return sql, tuple(columns)
+    return sql, columns
 
 
 def _same(value: Any) -> Any:

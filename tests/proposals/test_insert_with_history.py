@@ -263,3 +263,38 @@ def test_each_model_a_submit_or_vote_inserts_has_a_json_form(world: Any) -> None
         meta = model._meta
         fields = tuple(f for f in meta.local_concrete_fields if f is not meta.auto_field)
         assert services._json_insert(model, fields) is not None, model
+
+
+@time_machine.travel("2026-11-30 12:00:00+00:00", tick=False)
+def test_many_rows_update_as_save_with_update_fields(world: Any) -> None:
+    """A sweep chunk's UPDATE (services._update_rows, its rows' values one JSON document):
+    what save(update_fields=…) stores, for awkward values too, in one statement with one
+    parameter however many rows."""
+    by_save = [_awkward(world, n, "us") for n in range(4)]
+    by_update = [_awkward(world, n, "uu") for n in range(4)]
+    with transaction.atomic():
+        services.insert_many_with_history(
+            [p for p, _ in by_save + by_update],
+            [r for _, r in by_save + by_update],
+            user=world.submitter,
+            when=timezone.now(),
+        )
+    fields = ["status", "resolution", "decided_at", "approved_payload", "confidence", "impact"]
+    for n, (proposal, _) in enumerate(by_save + by_update):
+        proposal.status, proposal.resolution = Status.REJECTED, "timeout" if n % 2 else "policy"
+        proposal.decided_at = timezone.now()
+        proposal.approved_payload = None if n % 4 == 3 else {"s": 'a"\\', "n": [1e16, -0.0]}
+        proposal.confidence = 0.1 + 0.2 if n % 2 else 1  # type: ignore[assignment]
+        proposal.impact = Decimal("-0.000100") if n % 2 else 0.5  # type: ignore[assignment]
+    with transaction.atomic():
+        for proposal, _ in by_save:
+            proposal.save(update_fields=fields)
+    with transaction.atomic(), CaptureQueriesContext(connection) as statements:
+        services._update_rows([p for p, _ in by_update], fields)
+    assert len(statements) == 1
+    assert statements[0]["sql"].count("jsonb_array_elements") == 1
+    for (saved, _), (updated, _) in zip(by_save, by_update, strict=True):
+        skip = ("id", "idempotency_key")
+        assert _row(Proposal.objects.get(pk=updated.pk), skip=skip) == _row(
+            Proposal.objects.get(pk=saved.pk), skip=skip
+        )
