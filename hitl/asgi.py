@@ -13,21 +13,15 @@ the middleware of browser sessions (settings.API_KEY_CALL_SKIPS_MIDDLEWARE): its
 key (hitl.authentication authenticates it or refuses it; the session cookie is never read), and
 a forged cross-site request cannot carry that header, so sessions, CSRF, the session's user and
 flash messages had nothing to do but cost every call their set-up.
-
-Each request still gets a thread of its own, as under Django's handler, but a thread that
-served an earlier request (RequestThreads) instead of a new one: Django's handler started a
-thread for every request and, at its end, another to join it.
 """
 
 from __future__ import annotations
 
 import gc
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import django
-from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.base import BaseHandler
@@ -69,56 +63,10 @@ class _ApiKeyCallHandler(BaseHandler):
         _sync_chain(self, frozenset(settings.API_KEY_CALL_SKIPS_MIDDLEWARE))
 
 
-class RequestThreads:
-    """Single-thread executors, one lent to each request for its thread-sensitive work (the
-    middleware chain, the view, the request signals, so the database connection is opened and
-    given back to the pool by the thread that used it), and taken back when its request ends.
-    An executor is lent again only once its queue is empty: a request whose client went away
-    may have left its view running, and the next request must not queue behind it. At most
-    `keep` idle executors are kept; a burst beyond that is shut down as it drains."""
-
-    def __init__(self, keep: int = 64) -> None:
-        self.keep = keep
-        self._idle: list[ThreadPoolExecutor] = []
-        self._lock = threading.Lock()
-
-    def lend(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
-
-    def take_back(self, executor: ThreadPoolExecutor) -> None:
-        def drained(_: Future[None]) -> None:
-            with self._lock:
-                if len(self._idle) < self.keep:
-                    self._idle.append(executor)
-                    return
-            executor.shutdown(wait=False)
-
-        executor.submit(lambda: None).add_done_callback(drained)
-
-    @property
-    def idle(self) -> int:
-        return len(self._idle)
-
-
 class SyncStackASGIHandler(ASGIHandler):
     def __init__(self) -> None:
         super().__init__()
         self._api_key_calls = _ApiKeyCallHandler()
-        self.request_threads = RequestThreads()
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """ASGIHandler.__call__, with the request's thread lent by `request_threads`."""
-        if scope["type"] != "http":
-            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
-        executor = self.request_threads.lend()
-        try:
-            async with ThreadSensitiveContext(executor=executor):
-                await self.handle(scope, receive, send)
-        finally:
-            self.request_threads.take_back(executor)
 
     def load_middleware(self, is_async: bool = False) -> None:
         _sync_chain(self)

@@ -4,10 +4,8 @@ event loop, each process_request/process_response hopping to the thread and back
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +14,7 @@ from asgiref.sync import async_to_sync
 from asgiref.testing import ApplicationCommunicator
 from django.http import HttpRequest
 
-from hitl.asgi import RequestThreads, SyncStackASGIHandler
+from hitl.asgi import SyncStackASGIHandler
 from tests.factories import token_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -137,80 +135,3 @@ def test_api_key_calls_skip_the_browser_middleware_and_nothing_else_does(world, 
     assert asgi_get("/api/v1/proposals/", [cookie])[0] == 200  # the session's call: all of it
     assert asgi_get("/queue/", [cookie, bearer])[0] == 200  # a page: all of it, header or not
     assert browser_only == ["/api/v1/proposals/", "/queue/"]
-
-
-def test_requests_reuse_threads_and_each_gives_its_connection_back(world, settings):
-    """Two requests one after the other run in the same lent thread (Django's handler started
-    a new one for each), and each closes its database connection in that thread, as a request
-    of its own thread did."""
-    settings.MIDDLEWARE = ["tests.hitl.test_asgi_stack.RecordingMiddleware", *settings.MIDDLEWARE]
-    seen.clear()
-    bearer = (b"authorization", f"Bearer {token_for(world.reviewer)}".encode())
-    from django.db import connections
-
-    still_open: list[bool] = []
-
-    def closed_after_request(**_: Any) -> None:
-        still_open.append(connections["default"].connection is not None)
-
-    from django.core.signals import request_finished
-
-    request_finished.connect(closed_after_request)  # runs after Django's close_old_connections
-    try:
-
-        async def two() -> tuple[int, int, int]:
-            app = SyncStackASGIHandler()
-            first = await _asgi_get_on(app, "/api/v1/proposals/", [bearer])
-            await asyncio.sleep(0.05)  # the executor is taken back once it has drained
-            second = await _asgi_get_on(app, "/api/v1/proposals/", [bearer])
-            return first, second, app.request_threads.idle
-
-        first, second, idle = async_to_sync(two)()
-    finally:
-        request_finished.disconnect(closed_after_request)
-    assert (first, second) == (200, 200)
-    assert len(seen) == 2 and seen[0] == seen[1]
-    assert idle == 1
-    assert still_open == [False, False]
-
-
-def test_a_thread_still_running_an_abandoned_view_is_not_lent_again():
-    threads = RequestThreads()
-    executor = threads.lend()
-    release = threading.Event()
-    executor.submit(release.wait)  # a view whose client went away, still running
-    threads.take_back(executor)
-    assert threads.idle == 0
-    other = threads.lend()
-    assert other is not executor
-    release.set()
-    executor.submit(lambda: None).result(5)
-    deadline = time.monotonic() + 5
-    while threads.idle == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert threads.idle == 1
-    assert threads.lend() is executor
-    other.shutdown()
-    executor.shutdown()
-
-
-async def _asgi_get_on(app: SyncStackASGIHandler, path: str, headers: list[Any]) -> int:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": [(b"host", b"testserver"), (b"x-forwarded-proto", b"https"), *headers],
-        "client": ("127.0.0.1", 1234),
-        "server": ("testserver", 80),
-    }
-    communicator = ApplicationCommunicator(app, scope)
-    await communicator.send_input({"type": "http.request", "body": b""})
-    start = await communicator.receive_output(30)
-    await communicator.receive_output(30)
-    await communicator.wait(30)
-    return int(start["status"])
