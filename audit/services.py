@@ -319,10 +319,13 @@ def audit_record(
     reason: str = "",
     chain: int | None = None,
     lead: Lead | None = None,
+    final: bool = False,
 ) -> AuditEvent:
     """Append one event. Precondition: inside the transaction that makes the change it records.
     `chain` is for anchors only; every other event goes where its transaction appends. `lead`
-    is a statement to run first (on PostgreSQL in the same round trip)."""
+    is a statement to run first (on PostgreSQL in the same round trip). `final` says this is
+    the transaction's last statement, and nothing after it in the atomic block can raise: on
+    PostgreSQL, in Django's outermost block, its COMMIT then goes in the same round trip."""
     if not connection.in_atomic_block:
         raise RuntimeError("audit_record must run inside the transaction it records.")
     forced = chain is not None
@@ -360,7 +363,7 @@ def audit_record(
             event.created_at = timezone.now()
             return batch.add(event)
     if connection.vendor == "postgresql":
-        _insert_linked(event, lock=unlocked, lead=lead)
+        _insert_linked(event, lock=unlocked, lead=lead, commit=final and _may_commit_with_append())
         return event
     event.seq, event.chain_seq, event.prev_hash = _next_position(event.chain, lock=unlocked)
     event.created_at = timezone.now()
@@ -432,10 +435,44 @@ def _hash_text_parts(event: AuditEvent) -> tuple[str, str, str]:
     return part0, rest[:at], rest[at + 1 :]
 
 
-def _insert_linked(event: AuditEvent, *, lock: bool, lead: Lead | None = None) -> None:
+# Text whose sha256 the server must compute exactly as Python does before an append may go
+# out with its transaction's COMMIT: every kind of character an event's text can hold.
+_HASH_PROBE = 'a"\\\u00e9\u20ac\u2028\U0001f600\x01 \t'
+
+
+def _may_commit_with_append() -> bool:
+    """Whether an append may carry its transaction's COMMIT (config/postgresql's backend says
+    when the block allows it). Then the hash the database computed is checked only after the
+    commit; so first, once per connection, the server must show that it hashes text exactly
+    as event_hash() does (a database in another encoding would not), or appends on that
+    connection are checked before they commit, as always."""
+    allowed = getattr(connection, "commit_may_go_with_statement", None)
+    if allowed is None or not allowed():
+        return False
+    raw = connection.connection
+    verdict: bool | None = getattr(raw, "_nihil_hashes_as_python", None)
+    if verdict is None:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT current_setting('server_encoding'),"
+                " encode(sha256(convert_to(%s, 'UTF8')), 'hex')",
+                [_HASH_PROBE],
+            )
+            encoding, digest = cursor.fetchone()
+        expected = hashlib.sha256(_HASH_PROBE.encode()).hexdigest()
+        verdict = encoding == "UTF8" and digest == expected
+        raw._nihil_hashes_as_python = verdict
+    return verdict
+
+
+def _insert_linked(
+    event: AuditEvent, *, lock: bool, lead: Lead | None = None, commit: bool = False
+) -> None:
     """Append `event` (its chain set, its lock held or, with `lock`, taken here), after
     `lead`, in one round trip; PostgreSQL only. Statements sent together still run one after
-    the other, each with its own snapshot: the head is read after the lock is granted."""
+    the other, each with its own snapshot: the head is read after the lock is granted. With
+    `commit` (_may_commit_with_append) the transaction's COMMIT goes last in that round
+    trip."""
     assert HASH_VERSION == HASH_V3_CHAINS  # what _hash_text_parts cuts
     event.created_at = timezone.now()
     text0, text1, text2 = _hash_text_parts(event)
@@ -448,6 +485,8 @@ def _insert_linked(event: AuditEvent, *, lock: bool, lead: Lead | None = None) -
         sql.append(_LOCK_SQL)
         params += [AUDIT_LOCK_CLASS, event.chain]
     sql.append(_INSERT_LINKED_SQL)
+    if commit:
+        sql.append("COMMIT")
     params += [
         event.chain,
         GLOBAL_SEQUENCE,
@@ -475,6 +514,8 @@ def _insert_linked(event: AuditEvent, *, lock: bool, lead: Lead | None = None) -
         if lock:
             cursor.nextset()  # past the lock's result, to the insert's
         row = cursor.fetchone()
+    if commit:
+        connection.committed_by_statement()  # type: ignore[attr-defined]  # config/postgresql
     if lock:
         _hold(event.chain)
     event.pk, event.seq, event.chain_seq, event.prev_hash, event.hash = row
@@ -482,8 +523,12 @@ def _insert_linked(event: AuditEvent, *, lock: bool, lead: Lead | None = None) -
     event._state.db = connection.alias
     # The database's hash is the one event_hash() gives, or nothing is appended: a mismatch
     # (a server that encodes text differently, say) fails the transaction, never the chain.
+    # After a commit (which a server that hashes as Python does allows) it can only be said.
     if event_hash(hash_version=HASH_VERSION, **_fields_of(event)) != event.hash:
-        raise RuntimeError(f"audit: the database hashed event seq {event.seq} differently")
+        raise RuntimeError(
+            f"audit: the database hashed event seq {event.seq} differently"
+            + (" (committed: audit_verify will report it)" if commit else "")
+        )
 
 
 class _Batch:

@@ -226,12 +226,17 @@ def _transitioned(
     )
 
 
-def _write(change: Change) -> None:
-    """One change: saved (and so its history row), then its outbox row and audit event."""
+def _write(change: Change, *, final: bool = False) -> None:
+    """One change: saved (and so its history row), then its outbox row and audit event. On
+    PostgreSQL the first three are one statement sent with the audit append, one round trip
+    (three before)."""
     proposal = change.proposal
     proposal._history_user = change.actor  # type: ignore[attr-defined]
-    _update_with_history(proposal, change.fields)
-    outbox_emit(change.verb, proposal=proposal, data=change.announce)
+    announced = outbox_event(change.verb, proposal=proposal, data=change.announce)
+    lead = _update_with_history_lead(proposal, change.fields, plain=[announced])
+    if lead is None:
+        proposal.save(update_fields=change.fields)
+        announced.save(force_insert=True)
     audit_record(
         verb=change.verb,
         actor=change.actor,
@@ -239,6 +244,8 @@ def _write(change: Change) -> None:
         revision=proposal.revision,
         data=change.data,
         reason=change.reason,
+        lead=lead,
+        final=final,
     )
 
 
@@ -269,8 +276,12 @@ def write_changes(changes: list[Change]) -> None:
 def _record(
     proposal: Proposal, verb: str, *, actor: User | None, data: dict[str, Any], reason: str = ""
 ) -> None:
-    """An event that changes no status (vote cast, edit, claim): outbox row, then audit."""
-    outbox_emit(verb, proposal=proposal, data=data)
+    """An event that changes no status (vote cast, edit, claim): outbox row, then audit (on
+    PostgreSQL in one round trip)."""
+    announced = outbox_event(verb, proposal=proposal, data=data)
+    lead = _insert_with_history_lead(plain=[announced])
+    if lead is None:
+        announced.save(force_insert=True)
     audit_record(
         verb=verb,
         actor=actor,
@@ -278,6 +289,7 @@ def _record(
         revision=proposal.revision,
         data=data,
         reason=reason,
+        lead=lead,
     )
 
 
@@ -473,6 +485,11 @@ def proposal_submit(
         inserts = _insert_with_history_lead(proposal, revision, plain=[announced])
         # Created in this transaction: invisible to everyone else, so as good as locked.
         proposal._hitl_locked = True  # type: ignore[attr-defined]
+        # The transaction's last statement (`final`, its COMMIT in the same round trip): this
+        # append when policy leaves the proposal pending, else the decision's. Nothing after
+        # either can raise: _apply_route of a pending route does nothing, and the rest of this
+        # function only fills in what the caller reads.
+        decided = decision.outcome in ("approve", "reject")
 
         def write() -> None:
             if inserts is None:
@@ -484,6 +501,7 @@ def proposal_submit(
                 revision=proposal.revision,
                 data=submitted,
                 lead=inserts,
+                final=not decided,
             )
 
         if idempotency_key is None:
@@ -499,7 +517,7 @@ def proposal_submit(
                 raise IdempotencyMismatch(
                     "This Idempotency-Key was already used for another proposal."
                 ) from None
-        _apply_route(proposal, decision, data)
+        _apply_route(proposal, decision, data, final=True)
     # What was written is what the caller answers with: its one revision and no votes yet,
     # without reading the proposal back (hitl.api.views).
     _as_prefetched(proposal, revisions=[revision], votes=[])
@@ -576,6 +594,15 @@ def _insert_groups_lead(groups: list[tuple[list[Model], list[Any] | None]]) -> L
     change reason; None for a model without history), the rows' INSERT … RETURNING * and the
     INSERT … SELECT of their history rows from it. Primary keys the database assigns are set
     on the rows, in order."""
+    parts, params, keys, inserted = _group_parts(groups)
+    return Lead(f"WITH {', '.join(parts)} SELECT {keys}", params, lambda c: inserted(c.fetchone()))
+
+
+def _group_parts(
+    groups: list[tuple[list[Model], list[Any] | None]],
+) -> tuple[list[str], list[Any], str, Callable[[Sequence[Any]], None]]:
+    """`_insert_groups_lead`'s pieces: the WITH parts and their parameters, the select list of
+    each group's assigned keys, and what sets them on the rows from those columns."""
     parts: list[str] = []
     params: list[Any] = []
     for n, (rows, values) in enumerate(groups):
@@ -605,8 +632,7 @@ def _insert_groups_lead(groups: list[tuple[list[Model], list[Any] | None]]) -> L
         for n, (rows, _values) in enumerate(groups)
     )
 
-    def inserted(cursor: Any) -> None:
-        returned = cursor.fetchone()
+    def inserted(returned: Sequence[Any]) -> None:
         alias = connection.alias
         for (rows, _values), pks in zip(groups, returned, strict=True):
             for row, pk in zip(rows, pks, strict=True):
@@ -615,7 +641,7 @@ def _insert_groups_lead(groups: list[tuple[list[Model], list[Any] | None]]) -> L
                 row._state.adding = False
                 row._state.db = alias
 
-    return Lead(f"WITH {', '.join(parts)} SELECT {keys}", params, inserted)
+    return parts, params, keys, inserted
 
 
 def _insert_sql(model: type[Model], fields: list[Any], rows: list[Model]) -> tuple[str, list[Any]]:
@@ -836,13 +862,15 @@ def _history_insert(model: type[Model], source: str) -> tuple[str, tuple[Any, ..
     return sql, extra
 
 
-def _update_with_history(row: Model, fields: list[str]) -> None:
-    """save(update_fields=fields) and the history row simple_history's post_save writes for
-    it ("~"), in one statement on PostgreSQL (UPDATE … RETURNING * feeding the history
-    INSERT … SELECT); save() elsewhere."""
+def _update_with_history_lead(
+    row: Model, fields: list[str], *, plain: Sequence[Model] = ()
+) -> Lead | None:
+    """save(update_fields=fields), the history row simple_history's post_save writes for it
+    ("~") and the INSERT of the `plain` rows (of a model without history: the outbox row
+    announcing the change), as one statement on PostgreSQL (UPDATE … RETURNING * feeding the
+    history INSERT … SELECT), for the caller to send (audit_record(lead=…)); None elsewhere."""
     if connection.vendor != "postgresql":
-        row.save(update_fields=fields)
-        return
+        return None
     meta = row._meta
     names = set(fields)
     query = UpdateQuery(type(row))
@@ -856,13 +884,23 @@ def _update_with_history(row: Model, fields: list[str]) -> None:
     query.add_q(Q(pk=row.pk))
     update_sql, update_params = query.get_compiler(connection=connection).as_sql()
     history_sql, history_params = _history_from(row, "u", "~")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"WITH u AS ({update_sql} RETURNING *) {history_sql}",
-            [*update_params, *history_params],
-        )
-        if cursor.rowcount != 1:  # what save() says of a row that is not there
+    parts = [f"u AS ({update_sql} RETURNING *)", f"h AS ({history_sql})"]
+    params = [*update_params, *history_params]
+    keys, inserted = "", None
+    if plain:
+        more, more_params, keys, inserted = _group_parts([(list(plain), None)])
+        parts += more
+        params += more_params
+        keys = f", {keys}"
+
+    def updated(cursor: Any) -> None:
+        returned = cursor.fetchone()
+        if returned[0] != 1:  # what save() says of a row that is not there
             raise DatabaseError("Save with update_fields did not affect any rows.")
+        if inserted is not None:
+            inserted(returned[1:])
+
+    return Lead(f"WITH {', '.join(parts)} SELECT (SELECT count(*) FROM u){keys}", params, updated)
 
 
 def _check_submission(access: Access, checkpoint: Checkpoint, data: ProposalInput) -> None:
@@ -975,25 +1013,29 @@ def _submitted_data(decision: policy.Route, first: Revision) -> dict[str, Any]:
     }
 
 
-def _apply_route(proposal: Proposal, decision: policy.Route, data: ProposalInput) -> None:
-    """A policy's decision, through `transition` like any other."""
+def _apply_route(
+    proposal: Proposal, decision: policy.Route, data: ProposalInput, *, final: bool = False
+) -> None:
+    """A policy's decision, written as `transition` writes any other (`final`: as the
+    transaction's last statement, see audit_record)."""
     if decision.outcome == "approve":
-        transition(
-            proposal,
-            Action.APPROVE,
-            actor=None,
-            resolution=decision.resolution,
-            reason=decision.reason,
-            **_approval(proposal, policy.policy_option(data.options)),
-        )
+        action = Action.APPROVE
+        changes = _approval(proposal, policy.policy_option(data.options))
     elif decision.outcome == "reject":
-        transition(
-            proposal,
-            Action.REJECT,
-            actor=None,
-            resolution=decision.resolution,
-            reason=decision.reason,
-        )
+        action, changes = Action.REJECT, {}
+    else:
+        return
+    change = _transitioned(
+        proposal,
+        action,
+        actor=None,
+        resolution=decision.resolution,
+        reason=decision.reason,
+        data=None,
+        now=timezone.now(),
+        changes=changes,
+    )
+    _write(change, final=final)
 
 
 def _as_prefetched(proposal: Proposal, **related: list[Any]) -> None:

@@ -17,6 +17,11 @@ after the other, as if sent apart). A statement that cannot carry it (executeman
 named cursor, a composed query) sends it alone first, as psycopg did. COMMIT and ROLLBACK
 are psycopg's, which send nothing when no statement ran: an atomic block that wrote nothing
 costs no round trip at all.
+
+A transaction's last statement can also carry its COMMIT (`commit_may_go_with_statement`,
+then `committed_by_statement`), when the caller knows nothing runs in the block after it (a
+submit's audit append). psycopg's commit then finds no transaction open and sends nothing; a
+statement the block still tries to run raises instead of running outside the transaction.
 """
 
 from __future__ import annotations
@@ -57,6 +62,26 @@ class DatabaseWrapper(base.DatabaseWrapper):
             if not self.connection.autocommit:
                 self.connection.autocommit = True
             self.connection._nihil_begin_pending = not autocommit
+            self.connection._nihil_committed = False
+
+    def commit_may_go_with_statement(self) -> bool:
+        """Whether the statement about to be sent may end with the transaction's COMMIT: the
+        only atomic block open is the outermost one (no savepoint, not a test's wrapping
+        block), and nothing has marked it for rollback. Its caller must know that nothing
+        after that statement can raise or run another statement before the block ends."""
+        return (
+            self.in_atomic_block
+            and len(self.atomic_blocks) == 1
+            and not self.savepoint_ids
+            and not self.needs_rollback
+            and self.connection is not None
+        )
+
+    def committed_by_statement(self) -> None:
+        """The statement just sent ended with COMMIT (PostgreSQL reports no transaction open
+        now): any further statement before the atomic block ends is refused."""
+        assert self.connection.info.transaction_status == pq.TransactionStatus.IDLE
+        self.connection._nihil_committed = True
 
     def create_cursor(self, name: str | None = None) -> Any:
         if name:  # a named cursor: DECLARE … WITH HOLD outside a transaction, as Django's
@@ -107,7 +132,16 @@ def _pending_begin(conn: Any) -> str | None:
     return conn._get_tx_start_command().decode()  # type: ignore[no-any-return]
 
 
+def _refuse_after_commit(conn: Any) -> None:
+    if getattr(conn, "_nihil_committed", False):
+        raise RuntimeError(
+            "A statement after the one that carried this transaction's COMMIT: it would run"
+            " outside the atomic block's transaction."
+        )
+
+
 def _begin_alone(conn: Any) -> None:
+    _refuse_after_commit(conn)
     begin = _pending_begin(conn)
     if begin is not None:
         try:
@@ -128,6 +162,7 @@ class Cursor(_pg.Cursor):  # type: ignore[misc]  # untyped in the stubs
     """Django's client-side-binding cursor, sending a pending BEGIN in front of a statement."""
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        _refuse_after_commit(self.connection)
         begin = _pending_begin(self.connection) if isinstance(query, str) else None
         if begin is None:
             _begin_alone(self.connection)

@@ -84,10 +84,13 @@ def test_vote_answer_is_what_a_fresh_read_returns(world):
 
 # A deciding vote, once the key is remembered: the proposal locked; the round's votes (the
 # double-vote check and the quorum's count in one read); the vote and its history row (one
-# statement); its outbox row and audit event (lock and head, insert); the decision (proposal
-# and history in one statement, outbox, head, audit insert); after commit, the answer's
-# revisions and votes = 12, plus the savepoint pair.
-VOTE_MAX_QUERIES = 14
+# statement); its outbox row sent with its audit event's lock and append; the decision
+# (proposal, history and outbox rows in one statement) sent with its audit append; after
+# commit, the answer's revisions and votes = 7, plus the savepoint pair.
+VOTE_MAX_QUERIES = 9
+# A submit that policy approves: as a queued one (1), then the approval (proposal, history
+# and outbox rows in one statement) sent with its audit append (1), plus the savepoint pair.
+AUTO_SUBMIT_MAX_QUERIES = 4
 
 
 def test_deciding_vote_stays_within_its_statement_budget(world, django_assert_max_num_queries):
@@ -100,6 +103,21 @@ def test_deciding_vote_stays_within_its_statement_budget(world, django_assert_ma
         )
     assert voted.status_code == 201, voted.json()
     assert voted.json()["status"] == "approved"
+
+
+def test_auto_approved_submit_stays_within_its_statement_budget(
+    world, django_assert_max_num_queries
+):
+    world.checkpoint.auto_approve_at = 0.5
+    world.checkpoint.save()
+    client = bearer(api_key_create(user=world.submitter, name="q").token)
+    body = {"checkpoint": world.checkpoint.slug, "title": "x", "payload": {"a": 1}}
+    assert client.post(LIST, {**body, "confidence": 0.9}, format="json").status_code == 201
+    with django_assert_max_num_queries(AUTO_SUBMIT_MAX_QUERIES):
+        response = client.post(LIST, {**body, "confidence": 0.9}, format="json")
+    assert response.status_code == 201
+    assert response.json()["status"] == "approved"
+    assert response.json() == client.get(f"{LIST}{response.json()['id']}/").json()
 
 
 def test_list_page_stays_within_its_statement_budget(world, django_assert_max_num_queries):

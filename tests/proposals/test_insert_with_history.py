@@ -18,6 +18,8 @@ from django.db.models import Model
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from notifications.models import OutboxEvent
+from notifications.services import outbox_event
 from proposals import services
 from proposals.models import Proposal, Revision, Status
 
@@ -114,18 +116,32 @@ def test_one_statement_updates_as_save_with_update_fields_and_its_history(world:
         proposal._history_user = world.reviewer  # type: ignore[attr-defined]
     with transaction.atomic():
         by_save.save(update_fields=fields)
+    announced = outbox_event("proposal.approved", proposal=by_statement, data={"n": 2.5})
     with transaction.atomic(), CaptureQueriesContext(connection) as statements:
-        services._update_with_history(by_statement, fields)
+        lead = services._update_with_history_lead(by_statement, fields, plain=[announced])
+        assert lead is not None
+        lead.run_alone()
     assert len(statements) == 1
     assert _stored(by_statement) == _stored(by_save)
     changed = Proposal.history.filter(id=by_statement.pk, history_type="~").get()
     assert (changed.history_user_id, changed.status) == (world.reviewer.pk, "approved")
+    # The outbox row went in with them, as save() writes it.
+    stored = OutboxEvent.objects.get(pk=announced.pk)
+    assert (stored.topic, stored.proposal_id, stored.payload) == (
+        "proposal.approved",
+        by_statement.pk,
+        announced.payload,
+    )
+    assert not announced._state.adding
 
 
 def test_an_update_of_a_missing_row_fails_as_save_does(world: Any) -> None:
     proposal, _ = _twin(world, title="t", idempotency_key="k")
+    announced = outbox_event("proposal.approved", proposal=proposal, data={})
+    lead = services._update_with_history_lead(proposal, ["title"], plain=[announced])
+    assert lead is not None
     with pytest.raises(DatabaseError, match="did not affect any rows"), transaction.atomic():
-        services._update_with_history(proposal, ["title"])
+        lead.run_alone()
 
 
 @time_machine.travel("2026-11-30 12:00:00+00:00", tick=False)
