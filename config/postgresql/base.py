@@ -26,13 +26,14 @@ statement the block still tries to run raises instead of running outside the tra
 
 from __future__ import annotations
 
+import functools
 from time import monotonic
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base
-from psycopg import pq
+from psycopg import _queries, pq
 from psycopg_pool import ConnectionPool
 
 RECENTLY_USED_SECONDS = 1.0
@@ -158,8 +159,39 @@ def _begin_not_sent(conn: Any) -> None:
         conn._nihil_begin_pending = True
 
 
+# psycopg remembers how a client-side-bound query splits around its placeholders only for a
+# query of at most 4 KB and 50 parameters. A submit's statement (proposal, revision, their
+# history rows, the outbox row, the audit lock and append: 5 KB, 30 parameters) is longer, and
+# psycopg split it again at every request with its regular expression: 4-5 % of a submit's
+# CPU. The application's statements are few texts, each always the same; a text longer than
+# this is split every time, as psycopg does.
+LONGEST_REMEMBERED_QUERY = 64 * 1024
+_split_template = functools.lru_cache(maxsize=512)(_queries._query2pg_client_nocache)
+
+
+class ClientQuery(_queries.PostgresClientQuery):  # type: ignore[misc]  # psycopg internals
+    """psycopg's client-side binding (PostgresClientQuery.convert), remembering the split of
+    every query text up to LONGEST_REMEMBERED_QUERY."""
+
+    __slots__ = ()
+
+    def convert(self, query: Any, vars: Any) -> None:
+        if vars is None or not isinstance(query, str):
+            super().convert(query, vars)
+            return
+        bquery = query.encode(self._encoding)
+        if len(bquery) > LONGEST_REMEMBERED_QUERY:
+            super().convert(query, vars)
+            return
+        self.template, self._order, self._parts = _split_template(bquery, self._encoding)
+        self.dump(vars)
+
+
 class Cursor(_pg.Cursor):  # type: ignore[misc]  # untyped in the stubs
-    """Django's client-side-binding cursor, sending a pending BEGIN in front of a statement."""
+    """Django's client-side-binding cursor, sending a pending BEGIN in front of a statement,
+    with the split of its queries remembered (ClientQuery)."""
+
+    _query_cls = ClientQuery
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
         _refuse_after_commit(self.connection)
