@@ -862,6 +862,50 @@ def _history_insert(model: type[Model], source: str) -> tuple[str, tuple[Any, ..
     return sql, extra
 
 
+def _update_by_pk(row: Model, fields: list[str]) -> tuple[str, list[Any]]:
+    """The UPDATE that save(update_fields=fields) sends for `row`, and its parameters. Its
+    text is built once per model and fields (`_update_sql`): building it through Django's
+    UpdateQuery and compiler for every transition (its WHERE alone: Q, add_q, lookups) cost
+    more CPU than everything else a transition does. The values are prepared as the compiler
+    prepares them; one the text cannot carry (an expression, a field with a placeholder of
+    its own) sends the whole UPDATE through the compiler."""
+    db = connections[DEFAULT_DB_ALIAS]
+    names = tuple(fields)
+    sql, columns = _update_sql(type(row), names)
+    values = [field.pre_save(row, False) for field in columns]
+    if sql is None or any(hasattr(value, "resolve_expression") for value in values):
+        query = UpdateQuery(type(row))
+        query.add_update_fields(list(zip(columns, [None] * len(columns), values, strict=True)))
+        query.add_q(Q(pk=row.pk))
+        compiled, params = query.get_compiler(connection=db).as_sql()
+        return compiled, list(params)
+    params = [field.get_db_prep_save(value, db) for field, value in zip(columns, values, strict=True)]
+    params.append(row._meta.pk.get_db_prep_value(row.pk, db))  # type: ignore[union-attr]
+    return sql, params
+
+
+@functools.cache
+def _update_sql(model: type[Model], names: tuple[str, ...]) -> tuple[str | None, list[Any]]:
+    """`_update_by_pk`'s text for `model` and the fields `names` (the fields, in the model's
+    order, as save(update_fields=…) writes them); None when a field has a placeholder of its
+    own."""
+    meta = model._meta
+    wanted = set(names)
+    columns = [
+        field
+        for field in meta.local_concrete_fields
+        if field.name in wanted or field.attname in wanted
+    ]
+    db = connections[DEFAULT_DB_ALIAS]
+    if any(hasattr(field, "get_placeholder") for field in columns):
+        return None, columns
+    quote = db.ops.quote_name
+    table = quote(meta.db_table)
+    assignments = ", ".join(f"{quote(field.column)} = %s" for field in columns)
+    pk = quote(meta.pk.column)  # type: ignore[union-attr]
+    return f"UPDATE {table} SET {assignments} WHERE {table}.{pk} = %s", columns  # noqa: S608
+
+
 def _update_with_history_lead(
     row: Model, fields: list[str], *, plain: Sequence[Model] = ()
 ) -> Lead | None:
@@ -871,18 +915,7 @@ def _update_with_history_lead(
     history INSERT … SELECT), for the caller to send (audit_record(lead=…)); None elsewhere."""
     if connection.vendor != "postgresql":
         return None
-    meta = row._meta
-    names = set(fields)
-    query = UpdateQuery(type(row))
-    query.add_update_fields(
-        [
-            (field, None, field.pre_save(row, False))
-            for field in meta.local_concrete_fields
-            if field.name in names or field.attname in names
-        ]
-    )
-    query.add_q(Q(pk=row.pk))
-    update_sql, update_params = query.get_compiler(connection=connection).as_sql()
+    update_sql, update_params = _update_by_pk(row, fields)
     history_sql, history_params = _history_from(row, "u", "~")
     parts = [f"u AS ({update_sql} RETURNING *)", f"h AS ({history_sql})"]
     params = [*update_params, *history_params]
