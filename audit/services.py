@@ -319,13 +319,12 @@ def audit_record(
     reason: str = "",
     chain: int | None = None,
     lead: Lead | None = None,
-    final: bool = False,
 ) -> AuditEvent:
     """Append one event. Precondition: inside the transaction that makes the change it records.
     `chain` is for anchors only; every other event goes where its transaction appends. `lead`
-    is a statement to run first (on PostgreSQL in the same round trip). `final` says this is
-    the transaction's last statement, and nothing after it in the atomic block can raise: on
-    PostgreSQL, in Django's outermost block, its COMMIT then goes in the same round trip."""
+    is a statement to run first (on PostgreSQL in the same round trip). Inside
+    audit_round_trip() the append is sent at the block's end (its positions and hash are set
+    then)."""
     if not connection.in_atomic_block:
         raise RuntimeError("audit_record must run inside the transaction it records.")
     forced = chain is not None
@@ -345,6 +344,11 @@ def audit_record(
         reason=reason,
         hash_version=HASH_VERSION,
     )
+    pending: _RoundTrip | None = getattr(connection, "_audit_round_trip", None)
+    if pending is not None:
+        if forced:
+            raise RuntimeError("audit_round_trip: anchors are appended on their own.")
+        return pending.add(event, wanted, lead)
     # Built before the chain is entered, so nothing that can fail (an unserializable `data`)
     # comes between entering it and locking it. The time is the application's clock, as for
     # every other timestamp; a first append reads it just before the round trip that locks,
@@ -363,13 +367,68 @@ def audit_record(
             event.created_at = timezone.now()
             return batch.add(event)
     if connection.vendor == "postgresql":
-        _insert_linked(event, lock=unlocked, lead=lead, commit=final and _may_commit_with_append())
+        _insert_linked([(event, lead)], lock=unlocked)
         return event
     event.seq, event.chain_seq, event.prev_hash = _next_position(event.chain, lock=unlocked)
     event.created_at = timezone.now()
     event.hash = event_hash(hash_version=HASH_VERSION, **_fields_of(event))
     event.save(force_insert=True)
     return event
+
+
+class _RoundTrip:
+    """The appends of an audit_round_trip() block, with their leads, in order."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[AuditEvent, Lead | None]] = []
+        self.chain: int | None = None
+        self.lock = False
+
+    def add(self, event: AuditEvent, wanted: int, lead: Lead | None) -> AuditEvent:
+        if self.chain is None:
+            self.chain, self.lock = _enter_chain(wanted, force=False, lock=False)
+        event.chain = self.chain
+        self.entries.append((event, lead))
+        return event
+
+
+def _refuse_inside_round_trip(execute: Any, sql: str, *args: Any) -> Any:
+    raise RuntimeError(
+        "A statement inside audit_round_trip() would run before the writes queued there: "
+        f"{sql[:80]!r}"
+    )
+
+
+@contextmanager
+def audit_round_trip(*, final: bool = False) -> Iterator[None]:
+    """On PostgreSQL, send every append recorded in this block, each after its lead, in one
+    round trip at its end (the chain's lock with the first): a policy-approved submit's rows
+    and event, then its decision's, together. What is written inside is built from memory;
+    a statement run inside the block is refused (it would run before the queued writes), and
+    a later lead may only write rows this transaction holds (created or locked), since it
+    runs with the chain's lock held. With `final` the block is the transaction's last write
+    and nothing after it in the atomic block can raise: in Django's outermost block its
+    COMMIT goes in the same round trip. Elsewhere (SQLite, inside audit_batch) appends run
+    as they are recorded."""
+    if (
+        connection.vendor != "postgresql"
+        or getattr(connection, "_audit_batch", None) is not None
+        or getattr(connection, "_audit_round_trip", None) is not None
+    ):
+        yield
+        return
+    if not connection.in_atomic_block:
+        raise RuntimeError("audit_round_trip must run inside the transaction it records.")
+    pending = _RoundTrip()
+    connection._audit_round_trip = pending  # type: ignore[attr-defined]
+    try:
+        with connection.execute_wrapper(_refuse_inside_round_trip):
+            yield
+    finally:
+        connection._audit_round_trip = None  # type: ignore[attr-defined]
+    if pending.entries:
+        commit = final and _may_commit_with_append()
+        _insert_linked(pending.entries, lock=pending.lock, commit=commit)
 
 
 # One event appended in one statement (and, when the chain is still to be locked, one round
@@ -466,69 +525,76 @@ def _may_commit_with_append() -> bool:
 
 
 def _insert_linked(
-    event: AuditEvent, *, lock: bool, lead: Lead | None = None, commit: bool = False
+    entries: Sequence[tuple[AuditEvent, Lead | None]], *, lock: bool, commit: bool = False
 ) -> None:
-    """Append `event` (its chain set, its lock held or, with `lock`, taken here), after
-    `lead`, in one round trip; PostgreSQL only. Statements sent together still run one after
-    the other, each with its own snapshot: the head is read after the lock is granted. With
-    `commit` (_may_commit_with_append) the transaction's COMMIT goes last in that round
-    trip."""
+    """Append each event (its chain set, the chain's lock held or, with `lock`, taken here
+    before the first), each after its lead, in one round trip; PostgreSQL only. Statements
+    sent together still run one after the other, each with its own snapshot: the head is read
+    after the lock is granted, and each event's after the one before it. With `commit`
+    (_may_commit_with_append) the transaction's COMMIT goes last in that round trip."""
     assert HASH_VERSION == HASH_V3_CHAINS  # what _hash_text_parts cuts
-    event.created_at = timezone.now()
-    text0, text1, text2 = _hash_text_parts(event)
     sql: list[str] = []
     params: list[Any] = []
-    if lead is not None:
-        sql.append(lead.sql)
-        params += lead.params
-    if lock:
-        sql.append(_LOCK_SQL)
-        params += [AUDIT_LOCK_CLASS, event.chain]
-    sql.append(_INSERT_LINKED_SQL)
+    for n, (event, lead) in enumerate(entries):
+        event.created_at = timezone.now()
+        text0, text1, text2 = _hash_text_parts(event)
+        if lead is not None:
+            sql.append(lead.sql)
+            params += lead.params
+        if lock and n == 0:
+            sql.append(_LOCK_SQL)
+            params += [AUDIT_LOCK_CLASS, event.chain]
+        sql.append(_INSERT_LINKED_SQL)
+        params += [
+            event.chain,
+            GLOBAL_SEQUENCE,
+            GENESIS_HASH,
+            event.chain,
+            event.created_at,
+            event.actor_id,
+            event.actor_label,
+            event.verb,
+            event.proposal_id,
+            event.checkpoint_id,
+            event.revision,
+            json.dumps(event.data),
+            event.reason,
+            text0,
+            text1,
+            text2,
+            HASH_VERSION,
+        ]
     if commit:
         sql.append("COMMIT")
-    params += [
-        event.chain,
-        GLOBAL_SEQUENCE,
-        GENESIS_HASH,
-        event.chain,
-        event.created_at,
-        event.actor_id,
-        event.actor_label,
-        event.verb,
-        event.proposal_id,
-        event.checkpoint_id,
-        event.revision,
-        json.dumps(event.data),
-        event.reason,
-        text0,
-        text1,
-        text2,
-        HASH_VERSION,
-    ]
+    rows = []
     with connection.cursor() as cursor:
         cursor.execute("; ".join(sql), params)
-        if lead is not None:
-            lead.on_result(cursor)
-            cursor.nextset()
-        if lock:
-            cursor.nextset()  # past the lock's result, to the insert's
-        row = cursor.fetchone()
+        for n, (_event, lead) in enumerate(entries):
+            if n:
+                cursor.nextset()  # past the previous event's insert
+            if lead is not None:
+                lead.on_result(cursor)
+                cursor.nextset()
+            if lock and n == 0:
+                cursor.nextset()  # past the lock's result, to the insert's
+            rows.append(cursor.fetchone())
     if commit:
         connection.committed_by_statement()  # type: ignore[attr-defined]  # config/postgresql
     if lock:
-        _hold(event.chain)
-    event.pk, event.seq, event.chain_seq, event.prev_hash, event.hash = row
-    event._state.adding = False
-    event._state.db = connection.alias
-    # The database's hash is the one event_hash() gives, or nothing is appended: a mismatch
-    # (a server that encodes text differently, say) fails the transaction, never the chain.
-    # After a commit (which a server that hashes as Python does allows) it can only be said.
-    if event_hash(hash_version=HASH_VERSION, **_fields_of(event)) != event.hash:
-        raise RuntimeError(
-            f"audit: the database hashed event seq {event.seq} differently"
-            + (" (committed: audit_verify will report it)" if commit else "")
-        )
+        _hold(entries[0][0].chain)
+    for (event, _lead), row in zip(entries, rows, strict=True):
+        event.pk, event.seq, event.chain_seq, event.prev_hash, event.hash = row
+        event._state.adding = False
+        event._state.db = connection.alias
+        # The database's hash is the one event_hash() gives, or nothing is appended: a
+        # mismatch (a server that encodes text differently, say) fails the transaction, never
+        # the chain. After a commit (which a server that hashes as Python does allows) it can
+        # only be said.
+        if event_hash(hash_version=HASH_VERSION, **_fields_of(event)) != event.hash:
+            raise RuntimeError(
+                f"audit: the database hashed event seq {event.seq} differently"
+                + (" (committed: audit_verify will report it)" if commit else "")
+            )
 
 
 class _Batch:

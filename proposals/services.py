@@ -39,7 +39,7 @@ from django.utils import timezone
 from referencing.exceptions import Unresolvable
 from simple_history.models import HistoricalRecords
 
-from audit.services import Lead, audit_record, canonical_json
+from audit.services import Lead, audit_record, audit_round_trip, canonical_json
 from notifications.services import outbox_emit, outbox_emit_many, outbox_event
 from proposals import policy
 from proposals.errors import (
@@ -226,7 +226,7 @@ def _transitioned(
     )
 
 
-def _write(change: Change, *, final: bool = False) -> None:
+def _write(change: Change) -> None:
     """One change: saved (and so its history row), then its outbox row and audit event. On
     PostgreSQL the first three are one statement sent with the audit append, one round trip
     (three before)."""
@@ -245,7 +245,6 @@ def _write(change: Change, *, final: bool = False) -> None:
         data=change.data,
         reason=change.reason,
         lead=lead,
-        final=final,
     )
 
 
@@ -485,24 +484,24 @@ def proposal_submit(
         inserts = _insert_with_history_lead(proposal, revision, plain=[announced])
         # Created in this transaction: invisible to everyone else, so as good as locked.
         proposal._hitl_locked = True  # type: ignore[attr-defined]
-        # The transaction's last statement (`final`, its COMMIT in the same round trip): this
-        # append when policy leaves the proposal pending, else the decision's. Nothing after
-        # either can raise: _apply_route of a pending route does nothing, and the rest of this
-        # function only fills in what the caller reads.
-        decided = decision.outcome in ("approve", "reject")
 
         def write() -> None:
-            if inserts is None:
-                _insert_with_history(proposal, revision, plain=[announced])
-            audit_record(
-                verb="proposal.submitted",
-                actor=submitter,
-                proposal=proposal,
-                revision=proposal.revision,
-                data=submitted,
-                lead=inserts,
-                final=not decided,
-            )
+            # On PostgreSQL one round trip for all of it: the rows and their event, then the
+            # policy's decision (its UPDATE, history and outbox rows) and its event, and the
+            # COMMIT: nothing runs in this transaction after them (`final`), the rest of this
+            # function only fills in what the caller reads.
+            with audit_round_trip(final=True):
+                if inserts is None:
+                    _insert_with_history(proposal, revision, plain=[announced])
+                audit_record(
+                    verb="proposal.submitted",
+                    actor=submitter,
+                    proposal=proposal,
+                    revision=proposal.revision,
+                    data=submitted,
+                    lead=inserts,
+                )
+                _apply_route(proposal, decision, data)
 
         if idempotency_key is None:
             # A fresh UUID and no key: no constraint can fail, so no savepoint to pay for.
@@ -517,7 +516,6 @@ def proposal_submit(
                 raise IdempotencyMismatch(
                     "This Idempotency-Key was already used for another proposal."
                 ) from None
-        _apply_route(proposal, decision, data, final=True)
     # What was written is what the caller answers with: its one revision and no votes yet,
     # without reading the proposal back (hitl.api.views).
     _as_prefetched(proposal, revisions=[revision], votes=[])
@@ -1046,29 +1044,25 @@ def _submitted_data(decision: policy.Route, first: Revision) -> dict[str, Any]:
     }
 
 
-def _apply_route(
-    proposal: Proposal, decision: policy.Route, data: ProposalInput, *, final: bool = False
-) -> None:
-    """A policy's decision, written as `transition` writes any other (`final`: as the
-    transaction's last statement, see audit_record)."""
+def _apply_route(proposal: Proposal, decision: policy.Route, data: ProposalInput) -> None:
+    """A policy's decision, through `transition` like any other."""
     if decision.outcome == "approve":
-        action = Action.APPROVE
-        changes = _approval(proposal, policy.policy_option(data.options))
+        transition(
+            proposal,
+            Action.APPROVE,
+            actor=None,
+            resolution=decision.resolution,
+            reason=decision.reason,
+            **_approval(proposal, policy.policy_option(data.options)),
+        )
     elif decision.outcome == "reject":
-        action, changes = Action.REJECT, {}
-    else:
-        return
-    change = _transitioned(
-        proposal,
-        action,
-        actor=None,
-        resolution=decision.resolution,
-        reason=decision.reason,
-        data=None,
-        now=timezone.now(),
-        changes=changes,
-    )
-    _write(change, final=final)
+        transition(
+            proposal,
+            Action.REJECT,
+            actor=None,
+            resolution=decision.resolution,
+            reason=decision.reason,
+        )
 
 
 def _as_prefetched(proposal: Proposal, **related: list[Any]) -> None:

@@ -1,5 +1,5 @@
-"""A submit's last round trip to PostgreSQL carries its COMMIT (audit_record(final=True) with
-config/postgresql's backend): no COMMIT of psycopg's own after it, everything it wrote
+"""A submit's one round trip to PostgreSQL carries its COMMIT (audit_round_trip(final=True)
+with config/postgresql's backend): no COMMIT of psycopg's own after it, everything it wrote
 committed and verifiable, and never outside the rules that make that safe: only Django's
 outermost atomic block, only on a server that hashes as Python does, and no statement after
 it in the block."""
@@ -11,12 +11,13 @@ from typing import Any
 import psycopg
 import pytest
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from psycopg import pq
 from rest_framework.test import APIClient
 
 from audit import services as audit
 from audit.models import AuditEvent
-from audit.services import Lead, audit_record, audit_verify
+from audit.services import Lead, audit_record, audit_round_trip, audit_verify
 from hitl.keys import api_key_create
 from notifications.models import OutboxEvent
 from proposals.models import Proposal
@@ -110,7 +111,8 @@ def test_a_statement_after_the_committing_append_is_refused(world: Any) -> None:
     """It would run outside the block's transaction: refused, and what the block wrote
     before stays committed (as the append's COMMIT said)."""
     with pytest.raises(RuntimeError, match="after the one that carried"), transaction.atomic():
-        audit_record(verb="test.final", actor=None, data={"n": 1}, final=True)
+        with audit_round_trip(final=True):
+            audit_record(verb="test.final", actor=None, data={"n": 1})
         assert _status() == pq.TransactionStatus.IDLE
         AuditEvent.objects.count()
     assert AuditEvent.objects.filter(verb="test.final").count() == 1
@@ -125,16 +127,46 @@ def test_a_failing_committing_round_trip_commits_nothing(world: Any) -> None:
     failing = Lead("SELECT 1 / 0", [], lambda cursor: None)
     with pytest.raises(Exception, match="division by zero"), transaction.atomic():
         audit_record(verb="test.before", actor=None, data={})
-        audit_record(verb="test.final", actor=None, data={}, final=True, lead=failing)
+        with audit_round_trip(final=True):
+            audit_record(verb="test.final", actor=None, data={}, lead=failing)
     assert not AuditEvent.objects.filter(verb__startswith="test.").exists()
     assert _status() == pq.TransactionStatus.IDLE
 
 
 def test_no_commit_with_the_append_inside_another_block(world: Any) -> None:
     with transaction.atomic(), transaction.atomic():
-        audit_record(verb="test.nested", actor=None, data={}, final=True)
+        with audit_round_trip(final=True):
+            audit_record(verb="test.nested", actor=None, data={})
         assert _status() == pq.TransactionStatus.INTRANS
     assert AuditEvent.objects.filter(verb="test.nested").count() == 1
+
+
+def test_a_round_trip_sends_its_appends_and_leads_in_order_at_its_end(world: Any) -> None:
+    seen: list[Any] = []
+
+    def lead(n: int) -> Lead:
+        return Lead(f"SELECT {n}", [], lambda cursor: seen.append(cursor.fetchone()[0]))
+
+    with transaction.atomic():
+        with CaptureQueriesContext(connection) as statements, audit_round_trip():
+            first = audit_record(verb="test.first", actor=None, data={}, lead=lead(1))
+            second = audit_record(verb="test.second", actor=None, data={}, lead=lead(2))
+            assert first.seq is None and seen == []  # nothing sent yet
+        assert len(statements) == 1
+        assert seen == [1, 2]
+        assert first.chain_seq + 1 == second.chain_seq and first.seq < second.seq
+        assert second.prev_hash == first.hash
+        assert _status() == pq.TransactionStatus.INTRANS
+    assert audit_verify() == (AuditEvent.objects.count(), None)
+
+
+def test_a_statement_inside_a_round_trip_is_refused(world: Any) -> None:
+    """It would run before the writes queued in the block."""
+    with pytest.raises(RuntimeError, match="inside audit_round_trip"), transaction.atomic():
+        with audit_round_trip():
+            audit_record(verb="test.queued", actor=None, data={})
+            AuditEvent.objects.count()
+    assert not AuditEvent.objects.filter(verb="test.queued").exists()
 
 
 def test_no_commit_with_the_append_where_the_server_hashes_otherwise(
@@ -149,7 +181,8 @@ def test_no_commit_with_the_append_where_the_server_hashes_otherwise(
     assert connection.connection._nihil_hashes_as_python is True
     connection.connection._nihil_hashes_as_python = False
     with transaction.atomic():
-        audit_record(verb="test.checked", actor=None, data={}, final=True)
+        with audit_round_trip(final=True):
+            audit_record(verb="test.checked", actor=None, data={})
         assert _status() == pq.TransactionStatus.INTRANS
     # A fresh verdict, where the server's digest of the probe is not Python's.
     connection.connection._nihil_hashes_as_python = None

@@ -88,9 +88,10 @@ def test_vote_answer_is_what_a_fresh_read_returns(world):
 # (proposal, history and outbox rows in one statement) sent with its audit append; after
 # commit, the answer's revisions and votes = 7, plus the savepoint pair.
 VOTE_MAX_QUERIES = 9
-# A submit that policy approves: as a queued one (1), then the approval (proposal, history
-# and outbox rows in one statement) sent with its audit append (1), plus the savepoint pair.
-AUTO_SUBMIT_MAX_QUERIES = 4
+# A submit that policy approves: its rows and event, then the approval (proposal, history
+# and outbox rows in one statement) and its event, all in one round trip, plus the savepoint
+# pair.
+AUTO_SUBMIT_MAX_QUERIES = 3
 
 
 def test_deciding_vote_stays_within_its_statement_budget(world, django_assert_max_num_queries):
