@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -38,7 +39,24 @@ def requests_sql(
         raise SystemExit(
             f"probe {method} {path}: {response.status_code} {response.content[:300]!r}"
         )
-    return [query["sql"] for query in captured.captured_queries]
+    return sent(query["sql"] for query in captured.captured_queries)
+
+
+def sent(logged: Iterable[str]) -> list[str]:
+    """The statements as sent. Django logs a transaction's BEGIN and COMMIT as entries of
+    their own; the product's backend (config/postgresql) sends BEGIN in front of the first
+    statement and a submit's COMMIT after its last, in the same query, which the log shows as
+    they were sent: such a BEGIN or COMMIT entry went out with its neighbour, not alone."""
+    statements = list(logged)
+    kept: list[str] = []
+    for n, sql in enumerate(statements):
+        following = statements[n + 1] if n + 1 < len(statements) else ""
+        if sql == "BEGIN" and following.startswith("BEGIN; "):
+            continue
+        if sql == "COMMIT" and kept and kept[-1].endswith("; COMMIT"):
+            continue
+        kept.append(sql)
+    return kept
 
 
 def classify(statements: list[str]) -> dict[str, int]:
