@@ -437,18 +437,21 @@ def audit_round_trip(*, final: bool = False) -> Iterator[None]:
 # values only the database knows go (_hash_text_parts); sha256 over those bytes and the
 # previous hash is exactly event_hash(), and is checked against it on return. The head is read
 # by a statement after the lock's, as in _next_position.
+# Every parameter is cast to its column's type: the statement can then be prepared once per
+# connection (config/postgresql), where a bare parameter in a SELECT list has no type.
 _INSERT_LINKED_SQL = (
     "WITH head AS ("
-    "  SELECT chain_seq, hash FROM audit_auditevent WHERE chain = %s"
+    "  SELECT chain_seq, hash FROM audit_auditevent WHERE chain = %s::smallint"
     "  ORDER BY chain_seq DESC LIMIT 1),"
-    " pos AS (SELECT nextval(%s) AS seq,"
+    " pos AS (SELECT nextval(%s::regclass) AS seq,"
     "  coalesce((SELECT chain_seq FROM head), 0) + 1 AS chain_seq,"
-    "  coalesce((SELECT hash FROM head), %s) AS prev_hash)"
+    "  coalesce((SELECT hash FROM head), %s::varchar) AS prev_hash)"
     " INSERT INTO audit_auditevent (seq, chain, chain_seq, created_at, actor_id, actor_label,"
     "  verb, proposal_id, checkpoint_id, revision, data, reason, prev_hash, hash, hash_version)"
-    " SELECT pos.seq, %s, pos.chain_seq, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s,"
-    "  pos.prev_hash, encode(sha256(convert_to(%s || pos.chain_seq::text || %s"
-    "  || pos.seq::text || %s || pos.prev_hash, 'UTF8')), 'hex'), %s"
+    " SELECT pos.seq, %s::smallint, pos.chain_seq, %s::timestamptz, %s::integer, %s::varchar,"
+    "  %s::varchar, %s::uuid, %s::bigint, %s::integer, %s::jsonb, %s::text,"
+    "  pos.prev_hash, encode(sha256(convert_to(%s::text || pos.chain_seq::text || %s::text"
+    "  || pos.seq::text || %s::text || pos.prev_hash, 'UTF8')), 'hex'), %s::smallint"
     " FROM pos RETURNING id, seq, chain_seq, prev_hash, hash"
 )
 
@@ -524,6 +527,13 @@ def _may_commit_with_append() -> bool:
     return verdict
 
 
+def _prepared(sql: str, count: int) -> str:
+    """`sql`, or on config/postgresql's backend the EXECUTE of the statement prepared from it
+    on this connection (parsed and planned once, not at every append)."""
+    prepare = getattr(connection, "prepared", None)
+    return sql if prepare is None else cast(str, prepare(sql, count))
+
+
 def _insert_linked(
     entries: Sequence[tuple[AuditEvent, Lead | None]], *, lock: bool, commit: bool = False
 ) -> None:
@@ -539,13 +549,12 @@ def _insert_linked(
         event.created_at = timezone.now()
         text0, text1, text2 = _hash_text_parts(event)
         if lead is not None:
-            sql.append(lead.sql)
+            sql.append(_prepared(lead.sql, len(lead.params)))
             params += lead.params
         if lock and n == 0:
             sql.append(_LOCK_SQL)
             params += [AUDIT_LOCK_CLASS, event.chain]
-        sql.append(_INSERT_LINKED_SQL)
-        params += [
+        appended = [
             event.chain,
             GLOBAL_SEQUENCE,
             GENESIS_HASH,
@@ -564,6 +573,8 @@ def _insert_linked(
             text2,
             HASH_VERSION,
         ]
+        sql.append(_prepared(_INSERT_LINKED_SQL, len(appended)))
+        params += appended
     if commit:
         sql.append("COMMIT")
     rows = []

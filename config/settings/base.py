@@ -135,6 +135,10 @@ else:
     DATABASES["default"]["ENGINE"] = "config.postgresql"
     DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 0, minimum=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # The audit append and the statements sent with it, prepared once per connection (PREPARE
+    # / EXECUTE): off behind a pooler that hands a session's statements to other server
+    # connections (PgBouncer in transaction mode).
+    DB_PREPARED_STATEMENTS = env_bool("DB_PREPARED_STATEMENTS", True)
     DB_POOL = env_bool("DB_POOL", True)
     if DB_POOL:
         if DATABASES["default"]["CONN_MAX_AGE"]:

@@ -37,7 +37,8 @@ def _rows(proposal: Proposal, n: int) -> list[dict[str, Any]]:
     ]
 
 
-def test_appended_rows_verify_and_continue_the_chain(world):
+def test_appended_rows_verify_and_continue_the_chain(world, settings):
+    settings.DB_PREPARED_STATEMENTS = False  # the statements' text, not a prepared name
     proposal = submit(world.submitter, world.checkpoint)
     with transaction.atomic(), CaptureQueriesContext(connection) as queries:
         audit_append_rows(_rows(proposal, 50))

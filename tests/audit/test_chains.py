@@ -136,11 +136,12 @@ def test_a_transaction_appends_to_one_chain(world: Any) -> None:
     assert b.chain_seq == a.chain_seq + 1
 
 
-def test_an_append_is_one_round_trip_with_its_lock(world: Any) -> None:
+def test_an_append_is_one_round_trip_with_its_lock(world: Any, settings: Any) -> None:
     """Lock and insert are two statements (each its own snapshot, so the head the insert reads
     is read after the lock is granted: test_writers_on_different_chains_do_not_wait_for_each_other
     links the waiter to the holder's row) sent together, in one round trip. A second append of
     the transaction is one statement, under the lock it holds."""
+    settings.DB_PREPARED_STATEMENTS = False  # the statements' text, not a prepared name
     first, second, _ = _proposals_on_chains(world, 2)
     with transaction.atomic(), CaptureQueriesContext(connection) as statements:
         audit_record(verb="test.a", actor=None, proposal=first)

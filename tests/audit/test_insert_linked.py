@@ -60,7 +60,8 @@ def test_a_hash_the_database_got_wrong_appends_nothing(world: Any, monkeypatch: 
     assert audit_verify()[1] is None
 
 
-def test_a_lead_statement_goes_in_the_same_round_trip(world: Any) -> None:
+def test_a_lead_statement_goes_in_the_same_round_trip(world: Any, settings: Any) -> None:
+    settings.DB_PREPARED_STATEMENTS = False  # the statements' text, not a prepared name
     proposal = submit(world.submitter, world.checkpoint)
     got: list[Any] = []
     lead = services.Lead("SELECT %s::int + 1", [41], lambda cursor: got.append(cursor.fetchone()))
