@@ -877,7 +877,9 @@ def _update_by_pk(row: Model, fields: list[str]) -> tuple[str, list[Any]]:
         query.add_q(Q(pk=row.pk))
         compiled, params = query.get_compiler(connection=db).as_sql()
         return compiled, list(params)
-    params = [field.get_db_prep_save(value, db) for field, value in zip(columns, values, strict=True)]
+    params = [
+        field.get_db_prep_save(value, db) for field, value in zip(columns, values, strict=True)
+    ]
     params.append(row._meta.pk.get_db_prep_value(row.pk, db))  # type: ignore[union-attr]
     return sql, params
 
@@ -931,7 +933,8 @@ def _update_with_history_lead(
         if inserted is not None:
             inserted(returned[1:])
 
-    return Lead(f"WITH {', '.join(parts)} SELECT (SELECT count(*) FROM u){keys}", params, updated)
+    sql = f"WITH {', '.join(parts)} SELECT (SELECT count(*) FROM u){keys}"  # noqa: S608 (names from the models)
+    return Lead(sql, params, updated)
 
 
 def _check_submission(access: Access, checkpoint: Checkpoint, data: ProposalInput) -> None:

@@ -89,6 +89,22 @@ def private_rights_version(monkeypatch: pytest.MonkeyPatch) -> Any:
     forget_rights()
 
 
+@pytest.fixture
+def psycopg_commands(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """What psycopg sends on its own (BEGIN, COMMIT, ROLLBACK), outside any statement."""
+    import psycopg
+
+    sent: list[bytes] = []
+    real = psycopg.Connection._exec_command
+
+    def spy(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(bytes(command) if isinstance(command, bytes | bytearray) else b"?")
+        return real(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Connection, "_exec_command", spy)
+    return sent
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _end_stray_database_sessions(django_db_setup: None, django_db_blocker: Any) -> Any:
     """Subprocess tests (workers killed mid-task, servers) can leave a session on the test

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
 import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
@@ -27,20 +26,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 LIST = "/api/v1/proposals/"
 
 
-@pytest.fixture
-def commands(monkeypatch: Any) -> list[bytes]:
-    """What psycopg sends on its own (BEGIN, COMMIT, ROLLBACK), outside any statement."""
-    sent: list[bytes] = []
-    real = psycopg.Connection._exec_command
-
-    def spy(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
-        sent.append(bytes(command) if isinstance(command, bytes | bytearray) else b"?")
-        return real(self, command, *args, **kwargs)
-
-    monkeypatch.setattr(psycopg.Connection, "_exec_command", spy)
-    return sent
-
-
 def _client(world: Any) -> APIClient:
     token = api_key_create(user=world.submitter, name="c").token
     client = APIClient()
@@ -57,14 +42,16 @@ def _status() -> pq.TransactionStatus:
     return connection.connection.info.transaction_status
 
 
-def test_a_queued_submit_commits_with_its_audit_append(world: Any, commands: list[bytes]) -> None:
+def test_a_queued_submit_commits_with_its_audit_append(
+    world: Any, psycopg_commands: list[bytes]
+) -> None:
     client = _client(world)
     assert _submit(client, world).status_code == 201  # the connection's probe, once
-    commands.clear()
+    psycopg_commands.clear()
     response = _submit(client, world)
     assert response.status_code == 201, response.json()
     assert response.json()["status"] == "pending"
-    assert b"COMMIT" not in commands
+    assert b"COMMIT" not in psycopg_commands
     assert _status() == pq.TransactionStatus.IDLE
     proposal = Proposal.objects.get(pk=response.json()["id"])
     assert AuditEvent.objects.filter(proposal=proposal, verb="proposal.submitted").count() == 1
@@ -73,18 +60,18 @@ def test_a_queued_submit_commits_with_its_audit_append(world: Any, commands: lis
 
 
 def test_a_policy_decided_submit_commits_with_its_decision(
-    world: Any, commands: list[bytes]
+    world: Any, psycopg_commands: list[bytes]
 ) -> None:
     world.checkpoint.auto_approve_at = 0.5
     world.checkpoint.save()
     client = _client(world)
     assert _submit(client, world).status_code == 201
-    commands.clear()
+    psycopg_commands.clear()
     body = {"checkpoint": world.checkpoint.slug, "title": "t", "payload": {"a": 1}}
     response = client.post(LIST, {**body, "confidence": 0.9}, format="json")
     assert response.status_code == 201, response.json()
     assert response.json()["status"] == "approved"
-    assert b"COMMIT" not in commands
+    assert b"COMMIT" not in psycopg_commands
     verbs = list(
         AuditEvent.objects.filter(proposal_id=response.json()["id"])
         .order_by("seq")
@@ -96,13 +83,13 @@ def test_a_policy_decided_submit_commits_with_its_decision(
 
 
 def test_a_submit_with_an_idempotency_key_commits_as_always(
-    world: Any, commands: list[bytes]
+    world: Any, psycopg_commands: list[bytes]
 ) -> None:
     """Its block is nested in the key's (a savepoint): the COMMIT is the outer block's."""
     client = _client(world)
     response = _submit(client, world, HTTP_IDEMPOTENCY_KEY="k-1")
     assert response.status_code == 201, response.json()
-    assert b"COMMIT" in commands
+    assert b"COMMIT" in psycopg_commands
     assert _submit(client, world, HTTP_IDEMPOTENCY_KEY="k-1").json() == response.json()
     assert Proposal.objects.count() == 1
 
@@ -165,10 +152,13 @@ def test_a_round_trip_sends_its_appends_and_leads_in_order_at_its_end(
 
 def test_a_statement_inside_a_round_trip_is_refused(world: Any) -> None:
     """It would run before the writes queued in the block."""
-    with pytest.raises(RuntimeError, match="inside audit_round_trip"), transaction.atomic():
-        with audit_round_trip():
-            audit_record(verb="test.queued", actor=None, data={})
-            AuditEvent.objects.count()
+    with (
+        pytest.raises(RuntimeError, match="inside audit_round_trip"),
+        transaction.atomic(),
+        audit_round_trip(),
+    ):
+        audit_record(verb="test.queued", actor=None, data={})
+        AuditEvent.objects.count()
     assert not AuditEvent.objects.filter(verb="test.queued").exists()
 
 

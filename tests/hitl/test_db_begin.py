@@ -4,9 +4,6 @@ whatever the first statement is, and whether or not it reached the server."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import ProgrammingError, connection, transaction
@@ -21,40 +18,26 @@ class Boom(Exception):
     pass
 
 
-@pytest.fixture
-def commands(monkeypatch: Any) -> list[bytes]:
-    """What psycopg sends on its own (BEGIN, COMMIT, ROLLBACK), outside any statement."""
-    sent: list[bytes] = []
-    real = psycopg.Connection._exec_command
-
-    def spy(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
-        sent.append(bytes(command) if isinstance(command, bytes | bytearray) else b"?")
-        return real(self, command, *args, **kwargs)
-
-    monkeypatch.setattr(psycopg.Connection, "_exec_command", spy)
-    return sent
-
-
 def _status() -> pq.TransactionStatus:
     return connection.connection.info.transaction_status
 
 
-def test_the_first_statement_carries_the_begin(commands: list[bytes]) -> None:
+def test_the_first_statement_carries_the_begin(psycopg_commands: list[bytes]) -> None:
     connection.ensure_connection()
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT %s::int + 1", [1])
         assert cursor.fetchone() == (2,)  # the statement's result, not BEGIN's
         assert _status() == pq.TransactionStatus.INTRANS
-    assert b"BEGIN" not in commands
-    assert commands == [b"COMMIT"]
+    assert b"BEGIN" not in psycopg_commands
+    assert psycopg_commands == [b"COMMIT"]
     assert _status() == pq.TransactionStatus.IDLE
 
 
-def test_a_block_that_ran_nothing_sends_nothing(commands: list[bytes]) -> None:
+def test_a_block_that_ran_nothing_sends_nothing(psycopg_commands: list[bytes]) -> None:
     connection.ensure_connection()
     with transaction.atomic():
         pass
-    assert commands == []
+    assert psycopg_commands == []
 
 
 def test_a_first_statement_that_never_left_still_opens_the_transaction() -> None:
