@@ -30,7 +30,7 @@ from hitl.api.fields import (
 )
 from notifications.models import WEBHOOK_EVENTS
 from notifications.webhooks import webhook_url_validator
-from proposals.models import Checkpoint, Decision, Priority, Proposal, Revision, Vote
+from proposals.models import Checkpoint, Decision, Priority, Proposal, Revision, Status, Vote
 from proposals.permissions import Access, allowed_actions
 
 
@@ -135,7 +135,10 @@ class ReasonInputSerializer(SharedFields, InputSerializer):
 class ProposalListQuerySerializer(SharedFields, serializers.Serializer):
     """A list call's query string."""
 
-    status = serializers.CharField(required=False)
+    status = serializers.CharField(
+        required=False,
+        help_text="one status or several, comma-separated: " + ", ".join(Status.values),
+    )
     checkpoint = serializers.SlugField(required=False)
     region = serializers.CharField(required=False, max_length=100)
     priority = serializers.CharField(required=False)
@@ -147,6 +150,15 @@ class ProposalListQuerySerializer(SharedFields, serializers.Serializer):
     external_id = serializers.CharField(required=False, max_length=200)
     cursor = serializers.CharField(required=False, max_length=500)
     page_size = serializers.IntegerField(required=False, min_value=1, max_value=200)
+
+    def validate_status(self, value: str) -> str:
+        # A misspelt status would list nothing and look like an empty queue.
+        unknown = sorted({part for part in value.split(",") if part} - set(Status.values))
+        if unknown:
+            raise serializers.ValidationError(
+                f"Unknown status {', '.join(unknown)}; one of {', '.join(Status.values)}."
+            )
+        return value
 
 
 # --- output --------------------------------------------------------------------------------
