@@ -28,6 +28,7 @@ from bench.stack import PYTHON, ROOT, Stack, make_workdir
 PATHS = (
     "submit_auto",
     "submit_queued",
+    "submit_1web",
     "bulk_submit",
     "vote",
     "queue_page_1",
@@ -529,8 +530,18 @@ class Bench:
             }
             for n in range(200)
         ]
-        for name, auto in (("submit_auto", True), ("submit_queued", False)):
+        # submit_1web: the queued submit again, all of it on the first web process of each
+        # side (the other stays idle): how intake scales from one process to two.
+        for name, auto, web in (
+            ("submit_auto", True, None),
+            ("submit_queued", False, None),
+            ("submit_1web", False, 1),
+        ):
             if name not in self.results:
+                continue
+            if web is not None and self.web_processes <= web:
+                self.results[name]["status"] = "n/a"
+                self.results[name]["notes"] = [f"needs more than {web} web process(es)"]
                 continue
             reqs = [
                 {"method": "POST", "path": "/api/v1/proposals/", "body": self.submit_body(n, auto)}
@@ -546,13 +557,18 @@ class Bench:
                 name,
                 "product",
                 run_load(
-                    self.stack, True, load_spec(s, pu, reqs, token=t["agent_token"]), during=profile
+                    self.stack,
+                    True,
+                    load_spec(s, pu[:web], reqs, token=t["agent_token"]),
+                    during=profile,
                 ),
             )
             self.record(
                 name,
                 "baseline",
-                run_load(self.stack, False, load_spec(s, bu, base_submit, token=self.base_agent)),
+                run_load(
+                    self.stack, False, load_spec(s, bu[:web], base_submit, token=self.base_agent)
+                ),
             )
         if "bulk_submit" in self.results:
             self.log(f"rep {rep + 1}: bulk_submit")

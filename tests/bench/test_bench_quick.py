@@ -45,6 +45,10 @@ def test_bench_quick_runs_every_path_without_errors(tmp_path: Path) -> None:
     for name, path in paths.items():
         if name == "dashboard" and path["status"] == "n/a":
             continue  # the endpoint is optional at run time; n/a says so
+        if name == "submit_1web":
+            # One web process per side in quick mode: nothing to scale from.
+            assert path["status"] == "n/a", path
+            continue
         assert path["status"] == "ok", (name, path["notes"])
         assert path["errors"] == 0, (name, path["notes"])
     assert done.returncode == 0, done.stderr[-4000:]
