@@ -185,8 +185,7 @@ def _scaling_target(derived: dict[str, Any]) -> dict[str, Any]:
     product = derived.get("product_intake_2_vs_1_web_processes")
     baseline = derived.get("baseline_intake_2_vs_1_web_processes")
     target: dict[str, Any] = {
-        "target": f"queued intake 2 web processes vs 1 >= {INTAKE_SCALING:g} "
-        "(when the baseline's is)",
+        "target": f"intake, 2 web processes vs 1 (baseline's too) >= {INTAKE_SCALING:g}",
         "value": product,
         "met": None,
     }

@@ -29,7 +29,7 @@ def _scaling(product: tuple[float, float], baseline: tuple[float, float]) -> dic
             "submit_queued": _rps(product[1], baseline[1]),
         },
     )
-    (target,) = [t for t in summary["targets"] if t["target"].startswith("queued intake")]
+    (target,) = [t for t in summary["targets"] if t["target"].startswith("intake, 2 web processes")]
     return {"derived": summary["derived"], **target}
 
 
@@ -53,5 +53,5 @@ def test_intake_scaling_verdict(product, baseline, met, verdict):
 
 def test_intake_scaling_not_measured_without_the_one_process_stage():
     summary = report.summarize({"sizes": {}}, {"submit_queued": _rps(150, 380)})
-    (target,) = [t for t in summary["targets"] if t["target"].startswith("queued intake")]
+    (target,) = [t for t in summary["targets"] if t["target"].startswith("intake, 2 web processes")]
     assert target["value"] is None and target["met"] is None and "verdict" not in target
