@@ -493,6 +493,17 @@ class Bench:
                         counts["per_proposal"] = counts["total"] / s.bulk_size
                     entry.setdefault("sql", {})[side] = counts
                     entry.setdefault("sql_statements", {})[side] = statements
+        self._write_own_sql(product)
+
+    def _write_own_sql(self, product: dict[str, Any]) -> None:
+        """The SQL of each list page as the product sent it (its page query: the statement
+        that reads proposals with a LIMIT), for the baseline's `own-sql` view to run."""
+        self.stack.own_sql_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("queue_page_1", "queue_page_deep"):
+            statements = product.get(name, {}).get("statements", [])
+            pages = [sql for sql in statements if "LIMIT" in sql and "proposals_proposal" in sql]
+            if name in self.results and pages:
+                (self.stack.own_sql_dir / f"{name}.sql").write_text(pages[-1])
 
     def _start_probe(self, env: dict[str, str], requests: list[dict[str, Any]]) -> Any:
         process = subprocess.Popen(
@@ -693,6 +704,22 @@ class Bench:
                         s,
                         bu,
                         [{"method": "GET", "path": self.base_queue_path(after)}],
+                        token=self.base_agent,
+                    ),
+                ),
+            )
+            # The floor the issue names: the product's own page SQL, run by the bare baseline.
+            self.results[name].setdefault("own_sql", [])
+            self.record(
+                name,
+                "own_sql",
+                run_load(
+                    self.stack,
+                    False,
+                    load_spec(
+                        s,
+                        bu,
+                        [{"method": "GET", "path": f"/own-sql/{name}/"}],
                         token=self.base_agent,
                     ),
                 ),

@@ -13,6 +13,12 @@ from pathlib import Path
 from typing import Any
 
 MAX_STATEMENTS = 60
+# Who a path is measured on: the product, the bare baseline, and two floors some paths also
+# have: a sweep's chunked raw UPDATE, and a list page's own SQL run by the baseline (the one
+# the issue's "queue list <= 2x its own SQL" names; the baseline's own keyset page over its
+# simpler table stays beside it).
+SIDES = ("product", "baseline", "raw_update", "own_sql")
+OTHER_FLOORS = {"raw_update": (" vs raw UPDATE", 3), "own_sql": (" vs its own SQL", 2)}
 INTAKE_SCALING = 1.6  # issue 10: intake from 1 to 2 web processes, when the baseline scales so
 # metric: (label, higher is better)
 HTTP_METRICS = {
@@ -74,11 +80,7 @@ def summarize(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> dict[
             "errors": entry["errors"],
             "notes": entry["notes"],
             "metrics": {},
-            "reps": {
-                side: entry.get(side, [])
-                for side in ("product", "baseline", "raw_update")
-                if entry.get(side)
-            },
+            "reps": {side: entry.get(side, []) for side in SIDES if entry.get(side)},
         }
         if out["status"] != "n/a" and not entry["product"]:
             out["status"] = "errors"
@@ -86,14 +88,14 @@ def summarize(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> dict[
             out["notes"].append("no measurement was made")
         for key, (label, higher_better) in metrics.items():
             row: dict[str, Any] = {"label": label, "higher_is_better": higher_better}
-            for side in ("product", "baseline", "raw_update"):
+            for side in SIDES:
                 stats = _stats([rep.get(key) for rep in entry.get(side, [])])
                 if stats:
                     row[side] = stats
-            if "product" in row and "baseline" in row and row["baseline"]["median"]:
-                row["ratio"] = row["product"]["median"] / row["baseline"]["median"]
-            if "product" in row and "raw_update" in row and row["raw_update"]["median"]:
-                row["ratio_raw_update"] = row["product"]["median"] / row["raw_update"]["median"]
+            for side in SIDES[1:]:
+                if "product" in row and side in row and row[side]["median"]:
+                    ratio_key = "ratio" if side == "baseline" else f"ratio_{side}"
+                    row[ratio_key] = row["product"]["median"] / row[side]["median"]
             if len(row) > 2:
                 out["metrics"][key] = row
         if "sql" in entry:
@@ -142,9 +144,9 @@ def _median(paths: dict[str, Any], name: str, metric: str, side: str = "product"
 def targets(paths: dict[str, Any], derived: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 10's ratio targets, as measured in this run (None: not measured)."""
 
-    def ratio(name: str, metric: str) -> float | None:
+    def ratio(name: str, metric: str, floor: str = "baseline") -> float | None:
         row = paths.get(name, {}).get("metrics", {}).get(metric, {})
-        value = row.get("ratio")
+        value = row.get("ratio" if floor == "baseline" else f"ratio_{floor}")
         return float(value) if value is not None else None
 
     # A single submit both ways: left pending for review, and decided by policy (the common
@@ -162,8 +164,13 @@ def targets(paths: dict[str, Any], derived: dict[str, Any]) -> list[dict[str, An
         ("bulk proposals/s vs single submit", derived.get("bulk_vs_single_submit"), ">=", 10.0),
         ("two sweepers vs one", derived.get("two_sweepers_vs_one"), ">=", 1.6),
         ("sweep rows/s vs raw UPDATE + chained audit", ratio("sweep_1", "rows_per_s"), ">=", 0.5),
-        ("queue page 1 p50 vs its SQL alone", ratio("queue_page_1", "p50_ms"), "<=", 2.0),
-        ("queue deep page p50 vs its SQL alone", ratio("queue_page_deep", "p50_ms"), "<=", 2.0),
+        ("queue page 1 p50 vs its own SQL", ratio("queue_page_1", "p50_ms", "own_sql"), "<=", 2),
+        (
+            "queue deep page p50 vs its own SQL",
+            ratio("queue_page_deep", "p50_ms", "own_sql"),
+            "<=",
+            2,
+        ),
         ("queue deep page p99 vs page 1", derived.get("queue_deep_p99_vs_page_1"), "<=", 1.5),
         ("websocket messages lost", _median(paths, "ws_fanout", "lost_messages"), "<=", 0),
         ("websocket p99 commit->socket ms", _median(paths, "ws_fanout", "p99_ms"), "<=", 1000),
@@ -224,7 +231,8 @@ def table(summary: dict[str, Any]) -> str:
         f"each, {meta['cpus']} CPUs, load average before {meta['loadavg_before'][0]:.2f}, "
         f"after {meta['loadavg_after'][0]:.2f}; {meta['elapsed_s']} s",
         "values: min / median over repetitions; ratio = product median / baseline median "
-        "(sweeps: baseline = raw UPDATE + chained audit INSERT in psycopg)",
+        "(sweeps: baseline = raw UPDATE + chained audit INSERT in psycopg; queue pages: also vs "
+        "the product's own page SQL run by the bare baseline)",
         "",
     ]
     header = ("path", "metric", "product", "baseline", "ratio", "SQL (product/baseline)")
@@ -252,17 +260,18 @@ def table(summary: dict[str, Any]) -> str:
                     sql_text if first else "",
                 )
             )
-            if "ratio_raw_update" in row:
-                rows.append(
-                    (
-                        "",
-                        row["label"] + " vs raw UPDATE",
-                        "",
-                        _pair(row["raw_update"]),
-                        f"{row['ratio_raw_update']:.3f}x",
-                        "",
+            for side, (suffix, digits) in OTHER_FLOORS.items():
+                if f"ratio_{side}" in row:
+                    rows.append(
+                        (
+                            "",
+                            row["label"] + suffix,
+                            "",
+                            _pair(row[side]),
+                            f"{row[f'ratio_{side}']:.{digits}f}x",
+                            "",
+                        )
                     )
-                )
             first = False
         if path["errors"]:
             rows.append(

@@ -104,6 +104,11 @@ class Stack:
     src: Path = ROOT  # the code every child runs: a snapshot taken by `start`
     _outbox_conn: psycopg.Connection[Any] | None = None
 
+    @property
+    def own_sql_dir(self) -> Path:
+        """Where the bench leaves the product's list-page SQL for the baseline to run."""
+        return self.workdir / "own-sql"
+
     # -- environments ----------------------------------------------------------------------
 
     def product_env(self, **extra: str) -> dict[str, str]:
@@ -139,6 +144,9 @@ class Stack:
             DJANGO_SETTINGS_MODULE="bench.baseline.settings",
             SECRET_KEY=self.secret_key,
             DATABASE_URL=self.pg.dsn(self.baseline_db),
+            # For the list page's own SQL (bench.baseline.views.own_sql).
+            BENCH_PRODUCT_DATABASE_URL=self.pg.dsn(self.product_db),
+            BENCH_OWN_SQL_DIR=str(self.own_sql_dir),
             PYTHONUNBUFFERED="1",
         )
         env.update(extra)

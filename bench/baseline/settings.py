@@ -17,4 +17,11 @@ TIME_ZONE = "UTC"
 DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=0)}
 # The same pool as config.settings.base gives the product (DB_POOL_MIN_SIZE/MAX_SIZE defaults).
 DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 2, "max_size": 10, "timeout": 10.0}}
+# The product's database, read by `own_sql` (bench/baseline/views.py): its list page's SQL run
+# directly, with nothing of the product around it.
+if os.environ.get("BENCH_PRODUCT_DATABASE_URL"):
+    DATABASES["product"] = {
+        **dj_database_url.parse(os.environ["BENCH_PRODUCT_DATABASE_URL"], conn_max_age=0),
+        "OPTIONS": DATABASES["default"]["OPTIONS"],
+    }
 LOGGING = {"version": 1, "disable_existing_loggers": False}

@@ -8,4 +8,5 @@ urlpatterns = [
     path("items/", views.items),
     path("items/bulk/", views.bulk),
     path("items/<uuid:item_id>/decide/", views.decide),
+    path("own-sql/<slug:page>/", views.own_sql),
 ]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from bench.baseline.chain import append_many
@@ -131,6 +133,32 @@ def decide(request: HttpRequest, item_id: uuid.UUID) -> HttpResponse:
             return JsonResponse({"error": {"code": "conflict"}}, status=409)
         append_many(cursor, [(actor, "item.approved", str(item_id), {"decision": "approve"})])
     return JsonResponse({"id": str(item_id), "status": "approved"}, status=201)
+
+
+# What `own_sql` runs: the files bench/cli.py writes after counting the product's statements.
+OWN_SQL_DIR = os.environ.get("BENCH_OWN_SQL_DIR", "")
+_own_sql: dict[str, str] = {}
+
+
+def own_sql(request: HttpRequest, page: str) -> HttpResponse:
+    """The product's own SQL for a list page (the reviewer's page `page`, as the product sent
+    it), run on the product's database with its rows turned into JSON by PostgreSQL, and
+    that text answered as it is: the SQL and the framework's floor, with no Python per row.
+    The floor "the queue list <= 2x its own SQL" measures the product's list against."""
+    if _user_id(request) is None:
+        return _unauthorized()
+    sql = _own_sql.get(page)
+    if sql is None:
+        text = (Path(OWN_SQL_DIR) / f"{page}.sql").read_text()
+        # The product's statement as it sent it (literals in place), captured by the bench
+        # itself: no outside input reaches this text.
+        sql = _own_sql[page] = (
+            "SELECT coalesce(json_agg(page), '[]')::text FROM (" + text + ") AS page"  # noqa: S608
+        )
+    with connections["product"].cursor() as cursor:
+        cursor.execute(sql.replace("%", "%%"))  # no parameters: every % is a literal one
+        (rows,) = cursor.fetchone()
+    return HttpResponse('{"results": ' + rows + ', "next": null}', content_type="application/json")
 
 
 def _page(request: HttpRequest) -> HttpResponse:

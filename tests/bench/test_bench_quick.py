@@ -62,6 +62,11 @@ def test_bench_quick_runs_every_path_without_errors(tmp_path: Path) -> None:
         # statements per request, counted on both sides
         assert paths[name]["sql"]["product"]["total"] > 0
         assert paths[name]["sql"]["baseline"]["total"] > 0
+    for name in ("queue_page_1", "queue_page_deep"):
+        # ... and against the product's own page SQL, run by the bare baseline
+        own = paths[name]["reps"]["own_sql"]
+        assert own and all(rep["requests"] > 0 for rep in own), name
+        assert paths[name]["metrics"]["p50_ms"]["ratio_own_sql"] > 0
     bulk = paths["bulk_submit"]["metrics"]["proposals_per_s"]
     assert bulk["product"]["median"] > 0 and bulk["baseline"]["median"] > 0
     for name in ("sweep_1", "sweep_2"):

@@ -1,5 +1,6 @@
-"""bench/report.py's verdict on intake scaling from one web process to two: met, missed, or
-without its condition when the baseline itself does not scale that far."""
+"""bench/report.py's verdicts: intake scaling from one web process to two (met, missed, or
+without its condition when the baseline itself does not scale that far), and the queue list
+measured against its own SQL."""
 
 from __future__ import annotations
 
@@ -8,6 +9,16 @@ from typing import Any
 import pytest
 
 from bench import report
+
+_META = {
+    "mode": "full",
+    "sizes": {"reps": 1, "concurrency": 8},
+    "web_processes": 2,
+    "cpus": 2,
+    "loadavg_before": [0.0],
+    "loadavg_after": [0.0],
+    "elapsed_s": 1,
+}
 
 
 def _rps(product: float, baseline: float) -> dict[str, Any]:
@@ -55,3 +66,19 @@ def test_intake_scaling_not_measured_without_the_one_process_stage():
     summary = report.summarize({"sizes": {}}, {"submit_queued": _rps(150, 380)})
     (target,) = [t for t in summary["targets"] if t["target"].startswith("intake, 2 web processes")]
     assert target["value"] is None and target["met"] is None and "verdict" not in target
+
+
+def test_queue_targets_compare_with_the_pages_own_sql():
+    page = {
+        "product": [{"p50_ms": 30.0}],
+        "baseline": [{"p50_ms": 10.0}],
+        "own_sql": [{"p50_ms": 20.0}],
+        "errors": 0,
+        "notes": [],
+    }
+    summary = report.summarize({"sizes": {}}, {"queue_page_1": page})
+    row = summary["paths"]["queue_page_1"]["metrics"]["p50_ms"]
+    assert row["ratio"] == pytest.approx(3.0) and row["ratio_own_sql"] == pytest.approx(1.5)
+    (target,) = [t for t in summary["targets"] if t["target"].startswith("queue page 1 p50")]
+    assert target["value"] == pytest.approx(1.5) and target["met"] is True
+    assert "p50 ms vs its own SQL" in report.table({**summary, "meta": _META})
