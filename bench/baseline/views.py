@@ -156,7 +156,7 @@ def own_sql(request: HttpRequest, page: str) -> HttpResponse:
             "SELECT coalesce(json_agg(page), '[]')::text FROM (" + text + ") AS page"  # noqa: S608
         )
     with connections["product"].cursor() as cursor:
-        cursor.execute(sql.replace("%", "%%"))  # no parameters: every % is a literal one
+        cursor.execute(sql)  # no parameters, so psycopg reads no placeholders in it
         (rows,) = cursor.fetchone()
     return HttpResponse('{"results": ' + rows + ', "next": null}', content_type="application/json")
 
