@@ -184,11 +184,11 @@ def targets(paths: dict[str, Any], derived: dict[str, Any]) -> list[dict[str, An
 
 
 def _scaling_target(derived: dict[str, Any]) -> dict[str, Any]:
-    """ "Intake scales >= 1.6x from 1 to 2 processes on 2 cores when the baseline does": the
-    queued submit's req/s with both web processes over the first alone. A baseline that does
-    not scale that far on this machine (the cores are shared with PostgreSQL and the load
-    generator) leaves the target without its condition: then the product's scaling is shown
-    beside the baseline's, neither met nor missed."""
+    """The issue's "intake scales >= 1.6x from 1 to 2 processes on 2 cores when the baseline
+    does": the queued submit's req/s with both web processes over the first alone. A baseline
+    that does not scale that far on this machine (the cores are shared with PostgreSQL and the
+    load generator) leaves the target without its condition: then the product's scaling is
+    shown beside the baseline's, neither met nor missed."""
     product = derived.get("product_intake_2_vs_1_web_processes")
     baseline = derived.get("baseline_intake_2_vs_1_web_processes")
     target: dict[str, Any] = {

@@ -141,7 +141,10 @@ class ProposalListQuerySerializer(SharedFields, serializers.Serializer):
     )
     checkpoint = serializers.SlugField(required=False)
     region = serializers.CharField(required=False, max_length=100)
-    priority = serializers.CharField(required=False)
+    priority = serializers.CharField(
+        required=False,
+        help_text="one priority or several, comma-separated: " + ", ".join(Priority.values),
+    )
     label = serializers.ListField(  # type: ignore[assignment]
         child=serializers.CharField(max_length=300), required=False
     )
@@ -151,14 +154,22 @@ class ProposalListQuerySerializer(SharedFields, serializers.Serializer):
     cursor = serializers.CharField(required=False, max_length=500)
     page_size = serializers.IntegerField(required=False, min_value=1, max_value=200)
 
+    # A misspelt status or priority would list nothing and look like an empty queue.
     def validate_status(self, value: str) -> str:
-        # A misspelt status would list nothing and look like an empty queue.
-        unknown = sorted({part for part in value.split(",") if part} - set(Status.values))
-        if unknown:
-            raise serializers.ValidationError(
-                f"Unknown status {', '.join(unknown)}; one of {', '.join(Status.values)}."
-            )
-        return value
+        return _known_values(value, Status.values, "status")
+
+    def validate_priority(self, value: str) -> str:
+        return _known_values(value, Priority.values, "priority")
+
+
+def _known_values(value: str, known: list[str], name: str) -> str:
+    """`value`, a comma-separated list of `known` values, or a ValidationError naming them."""
+    unknown = sorted({part for part in value.split(",") if part} - set(known))
+    if unknown:
+        raise serializers.ValidationError(
+            f"Unknown {name} {', '.join(unknown)}; one of {', '.join(known)}."
+        )
+    return value
 
 
 # --- output --------------------------------------------------------------------------------

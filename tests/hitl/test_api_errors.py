@@ -784,6 +784,8 @@ def _cursor(value: Any) -> str:
         "status=%00",
         "status=nonsense",
         "status=pending,nonsense&priority=nonsense",
+        "priority=urgent",
+        "priority=high,urgent",
         "region=a%00b",
         "external_id=" + "e" * 201,
         "label=a:%00",
@@ -796,16 +798,18 @@ def test_list_query_garbage_is_400(world, client_for, pending, query):
     assert_error(response, 400, "invalid")
 
 
-def test_list_unknown_status_names_the_statuses(world, client_for, pending):
+def test_list_unknown_status_or_priority_names_the_known_ones(world, client_for, pending):
     response = client_for(world.manager).get(f"{API}/proposals/?status=pending,aproved")
     body = assert_error(response, 400, "invalid")
     assert "aproved" in str(body) and "changes_requested" in str(body)
+    response = client_for(world.manager).get(f"{API}/proposals/?priority=urgent")
+    body = assert_error(response, 400, "invalid")
+    assert "urgent" in str(body) and "critical" in str(body)
 
 
 @pytest.mark.parametrize(
     "query",
     [
-        "priority=urgent",
         "checkpoint=no-such-checkpoint",
         "region=nowhere",
         "label=a:b",
@@ -828,7 +832,7 @@ def test_list_query_nonsense_filters_to_empty_or_ok(world, client_for, pending, 
     ids = [p["id"] for p in response.json()["results"]]
     # Only the far-past cursor and the comma-only status (no filter at all) may return the row.
     assert set(ids) <= {str(pending.pk)}
-    if "urgent" in query or "nowhere" in query or "9999" in query:
+    if "nowhere" in query or "9999" in query:
         assert ids == []
 
 
