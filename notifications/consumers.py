@@ -99,6 +99,7 @@ class _Base(AsyncJsonWebsocketConsumer):
         self.channel_name = await self.channel_layer.new_channel()
         self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
         self.base_send = send
+        self.recent_ids = RecentIds()
         with contextlib.suppress(StopConsumer):
             await self._pump(receive)
 
@@ -122,15 +123,24 @@ class _Base(AsyncJsonWebsocketConsumer):
                     await self.dispatch(message)
 
         loops = [asyncio.ensure_future(from_client()), asyncio.ensure_future(from_layer())]
+        done: set[asyncio.Future[None]] = set()
         try:
             done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
             for loop in done:
                 loop.result()  # StopConsumer, or what a handler raised
         finally:
+            # Both end here, whatever ended the first. Awaiting the finished one re-raised its
+            # StopConsumer and skipped the other: every closed socket left its layer loop
+            # waiting on the channel, and a message still on its way ran on a gone consumer.
             for loop in loops:
                 loop.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await loop
+            outcomes = await asyncio.gather(*loops, return_exceptions=True)
+            for loop, outcome in zip(loops, outcomes, strict=True):
+                # What the first loop to end raised goes on from here; the other's, if it
+                # failed too before it was cancelled, is logged.
+                failed = isinstance(outcome, Exception) and not isinstance(outcome, StopConsumer)
+                if failed and loop not in done:
+                    logger.error("live socket loop failed", exc_info=outcome)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """channels' dispatch, without its `aclose_old_connections()` before every handler:
@@ -230,8 +240,7 @@ class _Base(AsyncJsonWebsocketConsumer):
             return None
 
     async def _start_live(self) -> None:
-        """After accept: remember what was sent, then replay from `?after=` if given."""
-        self.recent_ids = RecentIds()
+        """After accept: replay from `?after=` if given (`recent_ids` remembers what is sent)."""
         query = parse_qs(self.scope.get("query_string", b"").decode())
         after = query.get("after")
         if after:

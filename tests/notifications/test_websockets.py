@@ -355,3 +355,35 @@ def test_escalation_holders_hear_of_a_proposal_only_once_it_is_escalated(world, 
             await comm.disconnect()
 
     run(scenario)
+
+
+# --- the socket's own tasks ----------------------------------------------------------------
+
+
+def _pump_loops() -> list[asyncio.Task[Any]]:
+    """The tasks `_Base._pump` runs for open sockets (one reading the client, one the layer)."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if not task.done()
+        and "_pump.<locals>.from_" in getattr(task.get_coro(), "__qualname__", "")
+    ]
+
+
+def test_a_closed_socket_leaves_no_task_reading_the_channel_layer(world):
+    """A disconnect ends the client loop with StopConsumer; the layer loop must be cancelled
+    with it, not left waiting on the socket's channel (a task and a channel read leaked per
+    closed socket, and a message still on its way ran on a consumer that was gone)."""
+    token = token_for(world.reviewer)
+
+    async def scenario() -> None:
+        before = len(_pump_loops())
+        comm = socket("/ws/queue/", token=token)
+        assert (await connect(comm))[0] is True
+        assert (await comm.receive_json_from(timeout=5))["type"] == "hello"
+        assert len(_pump_loops()) == before + 2
+        await comm.disconnect()
+        await asyncio.sleep(0)  # let cancellations land
+        assert len(_pump_loops()) == before
+
+    run(scenario)
